@@ -1,0 +1,68 @@
+"""The gate registry: marker name -> the module that validates its arguments and runs it.
+
+Each gate module defines ``<gate>_arguments(*args, **kwargs) -> dict`` (plain Python
+validation, called at collection) and ``<gate>_check(ctx, **kwargs) -> CheckResult``
+(called after the test body). Modules are imported only when a marked test exists.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+
+from . import GATE_MARKERS
+from .result import PadbiasError
+
+GATE_MODULES = {
+    "no_uneven_padding": "pytest_padbias.uneven_padding",
+    "shift_robust": "pytest_padbias.shifts",
+    "max_pans": "pytest_padbias.pans",
+    "no_blind_spot": "pytest_padbias.blindspots",
+}
+
+MARKER_HELP = {
+    "no_uneven_padding": "padbias_no_uneven_padding(input_size=None): fail when any conv/pool of padbias_model "
+                         "reads padding unevenly or drops input at the input size (Mind the Pad, Sec. 5)",
+    "shift_robust": "padbias_shift_robust(threshold, max_shift=None, fill='reflect'): fail when the shift "
+                    "consistency of padbias_model on padbias_images is below threshold",
+    "max_pans": "padbias_max_pans(fraction, theta=0.5): fail when more than fraction of the conv filters "
+                "are Padding Aware Neurons",
+    "no_blind_spot": "padbias_no_blind_spot(ratio=0.5, stride=None, stimulus=None, min_area=1): fail when a "
+                     "region of the input has stimulus detectability below ratio x median",
+}
+
+
+def gate_functions(gate: str):
+    """``(arguments, check)`` of a gate, or PadbiasError saying it is not available."""
+    module_name = GATE_MODULES[gate]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            raise PadbiasError(f"@padbias.{gate} is not implemented in this version of pytest-padbias") from None
+        raise
+    arguments = getattr(module, f"{gate}_arguments", None)
+    check = getattr(module, f"{gate}_check", None)
+    if arguments is None or check is None:
+        raise PadbiasError(f"@padbias.{gate} is not implemented in this version of pytest-padbias")
+    return arguments, check
+
+
+def validate_marker(gate: str, args, kwargs) -> dict:
+    """Normalised keyword arguments for one marker, or PadbiasError naming the problem."""
+    arguments, _check = gate_functions(gate)
+    signature = inspect.signature(arguments)
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        accepted = ", ".join(str(p) for p in signature.parameters.values())
+        raise PadbiasError(f"@padbias.{gate}: {exc}; accepted arguments: ({accepted})") from None
+    return arguments(*args, **kwargs)
+
+
+def item_gates(item) -> list[tuple[str, dict]]:
+    """The gates on a test item, outermost decorator last, as (gate, raw marker)."""
+    found = []
+    for gate, marker_name in GATE_MARKERS.items():
+        for mark in item.iter_markers(name=marker_name):
+            found.append((gate, mark))
+    return found

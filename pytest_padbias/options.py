@@ -1,0 +1,146 @@
+"""Command-line options and ini keys of the ``padbias`` group, validated where parsed.
+
+Every option is ``--padbias-NAME`` on the command line and ``padbias_NAME`` in the ini
+file; the command line wins. Values are plain strings and numbers so pytest-xdist can
+ship them to workers. Nothing here imports torch.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+DEFAULT_MODEL = "mobilenet_v2"
+DEVICES = ("cpu", "cuda", "auto")
+WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors")
+
+
+def parse_input_size(text: str) -> tuple[int, int]:
+    """``"224"`` or ``"224x320"`` (height x width) -> (224, 224) / (224, 320)."""
+    m = re.fullmatch(r"\s*(-?\d+)\s*(?:[xX×,]\s*(-?\d+))?\s*", str(text))
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an input size; use H or HxW with positive integers, e.g. 225 or 225x321")
+    h = int(m.group(1))
+    w = int(m.group(2)) if m.group(2) is not None else h
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"input size {h}x{w} must be positive; use H or HxW with positive integers, e.g. 225")
+    return h, w
+
+
+def _int_at_least(low: int, what: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(str(text).strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer; {what} must be an integer >= {low}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is too small; {what} must be an integer >= {low}")
+        return value
+
+    parse.__name__ = what
+    return parse
+
+
+def parse_device(text: str) -> str:
+    value = str(text).strip().lower()
+    if value not in DEVICES:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; accepted: {', '.join(DEVICES)}")
+    return value
+
+
+def parse_weights(text: str) -> str:
+    value = str(text).strip()
+    if value in ("default", "none"):
+        return value
+    path = Path(value)
+    if path.suffix not in WEIGHT_SUFFIXES:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not accepted; use default, none, or a path to a {'/'.join(WEIGHT_SUFFIXES)} weights file"
+        )
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"weights file {value} does not exist")
+    return value
+
+
+def parse_model(text: str) -> str:
+    value = str(text).strip()
+    if not value:
+        raise argparse.ArgumentTypeError("the model name is empty; give a torchvision model name (e.g. resnet50) or package.module:callable")
+    return value
+
+
+def parse_path(text: str) -> str:
+    value = str(text).strip()
+    if not value:
+        raise argparse.ArgumentTypeError("the path is empty")
+    return value
+
+
+#: name -> (parser, default, help). The parser raises ArgumentTypeError on bad values.
+OPTIONS = {
+    "model": (parse_model, DEFAULT_MODEL,
+              "model to audit: a torchvision classifier name (resnet50, mobilenet_v3_large, ...), "
+              "torchvision:NAME, timm:NAME, package.module:callable or path/to/file.py:callable "
+              f"returning an nn.Module (default: {DEFAULT_MODEL})"),
+    "weights": (parse_weights, "default",
+                "default (torchvision's weights from the hub cache, $TORCH_HOME or an offline package, "
+                "else downloaded), none (random init), or a .pth/.pt/.safetensors state dict"),
+    "input-size": (parse_input_size, None, "input size H or HxW (default: the weights' own crop size, else 224)"),
+    "device": (parse_device, "cpu", "cpu, cuda or auto (default: cpu)"),
+    "seed": (_int_at_least(0, "--padbias-seed"), 0, "seed for images, shifts, hypothesis and random controls (default: 0)"),
+    "images": (_int_at_least(1, "--padbias-images"), 32, "number of natural photographs in padbias_images (default: 32)"),
+    "max-examples": (_int_at_least(1, "--padbias-max-examples"), 50, "hypothesis examples per shift search (default: 50)"),
+    "json": (parse_path, None, "write the gate and claim results as JSON to this path"),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved options of one run (command line over ini over default)."""
+
+    model: str = DEFAULT_MODEL
+    weights: str = "default"
+    input_size: tuple[int, int] | None = None
+    device: str = "cpu"
+    seed: int = 0
+    images: int = 32
+    max_examples: int = 50
+    json: str | None = None
+    explicit_model: bool = False
+
+
+def dest(name: str) -> str:
+    return "padbias_" + name.replace("-", "_")
+
+
+def add_options(parser) -> None:
+    group = parser.getgroup("padbias", "pytest-padbias: spatial bias of CNNs from zero padding")
+    for name, (parse, default, help_text) in OPTIONS.items():
+        group.addoption(f"--padbias-{name}", dest=dest(name), type=parse, default=None, metavar=name.upper().replace("-", "_"),
+                        help=help_text)
+        parser.addini(dest(name), help=f"{help_text} [--padbias-{name}]", default=None)
+
+
+def resolve(config) -> Settings:
+    """Settings from the command line, then the ini file, then defaults.
+
+    Ini values are validated here with the same parsers; a bad one is a usage error.
+    """
+    values = {}
+    explicit_model = False
+    for name, (parse, default, _help) in OPTIONS.items():
+        value = config.getoption(dest(name))
+        if value is None:
+            raw = config.getini(dest(name))
+            if raw not in (None, "", []):
+                try:
+                    value = parse(raw)
+                except argparse.ArgumentTypeError as exc:
+                    raise pytest.UsageError(f"ini option {dest(name)} = {raw!r}: {exc}") from None
+        if name == "model" and value is not None:
+            explicit_model = True
+        values[name.replace("-", "_")] = default if value is None else value
+    return Settings(**values, explicit_model=explicit_model)

@@ -1,0 +1,297 @@
+"""pytest wiring of pytest-padbias: options, fixtures, gates, JSON and HTML extras.
+
+The analyses live in plain modules; this file only connects them to pytest. torch is
+imported inside fixtures and hooks, never at import time, because pytest loads this
+plugin in every run of the environment.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from . import GATE_MARKERS, __version__
+from .gates import MARKER_HELP, item_gates, validate_marker
+from .options import add_options, resolve
+from .report import PROPERTY, RUN_PROPERTY, build_document, dumps, html_extras, outcome_of, write_atomic
+from .result import GateContext, PadbiasError
+
+settings_key = pytest.StashKey()
+entries_key = pytest.StashKey()
+run_key = pytest.StashKey()
+checks_key = pytest.StashKey()
+gates_key = pytest.StashKey()
+
+PADBIAS_FIXTURES = ("padbias_model", "padbias_images", "padbias_input_size", "padbias_score")
+
+
+def pytest_addoption(parser):
+    add_options(parser)
+
+
+def pytest_configure(config):
+    for gate, marker in GATE_MARKERS.items():
+        config.addinivalue_line("markers", MARKER_HELP[gate].replace(f"padbias_{gate}", marker, 1))
+    settings = resolve(config)
+    config.stash[settings_key] = settings
+    config.stash[entries_key] = {}
+    config.stash[run_key] = {}
+    config.pluginmanager.register(ReportCollector(config), "padbias-report-collector")
+    if settings.explicit_model:
+        from .models import check_model_spec
+
+        try:
+            check_model_spec(settings.model)
+        except PadbiasError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    if settings.device == "cuda":
+        from .models import resolve_device
+
+        try:
+            resolve_device("cuda")
+        except PadbiasError as exc:
+            raise pytest.UsageError(str(exc)) from None
+
+
+def pytest_collection_modifyitems(session, config, items):
+    for item in items:
+        gates = []
+        for gate, mark in item_gates(item):
+            try:
+                gates.append((gate, validate_marker(gate, mark.args, mark.kwargs)))
+            except PadbiasError as exc:
+                raise pytest.UsageError(f"{item.nodeid}: {exc}") from None
+        if gates:
+            item.stash[gates_key] = gates
+            # The gates run against these fixtures even when the test body does not ask for them.
+            for name in PADBIAS_FIXTURES:
+                if name not in item.fixturenames:
+                    item.fixturenames.append(name)
+
+
+def pytest_collection_finish(session):
+    """Load the model once before any test when padbias fixtures are in use, so a bad
+    model or weights file is a usage error at start-up rather than an error per test."""
+    settings = session.config.stash[settings_key]
+    uses = any(any(n in getattr(i, "fixturenames", ()) for n in PADBIAS_FIXTURES) for i in session.items)
+    if uses and (settings.explicit_model or settings.weights != "default"):
+        try:
+            _loaded_model(session.config)
+        except PadbiasError as exc:
+            raise pytest.UsageError(str(exc)) from None
+
+
+_loaded_key = pytest.StashKey()
+
+
+def _loaded_model(config):
+    if _loaded_key not in config.stash:
+        from .models import load_model
+
+        s = config.stash[settings_key]
+        config.stash[_loaded_key] = load_model(s.model, s.weights, s.device)
+    return config.stash[_loaded_key]
+
+
+@pytest.fixture(scope="session")
+def padbias_settings(pytestconfig):
+    """The resolved ``--padbias-*`` options of this run."""
+    return pytestconfig.stash[settings_key]
+
+
+@pytest.fixture(scope="session")
+def padbias_device(padbias_settings):
+    """The torch device name the model and images live on."""
+    from .models import resolve_device
+
+    try:
+        return resolve_device(padbias_settings.device)
+    except PadbiasError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def padbias_loaded_model(pytestconfig, padbias_device):
+    """The model of ``--padbias-model`` with its weights and their metadata."""
+    import torch
+
+    try:
+        loaded = _loaded_model(pytestconfig)
+    except PadbiasError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    s = pytestconfig.stash[settings_key]
+    pytestconfig.stash[run_key].update({
+        "model": s.model, "weights": loaded.weights, "weights_sha256": loaded.weights_sha256,
+        "device": padbias_device, "seed": s.seed, "torch_version": torch.__version__, "padbias_version": __version__,
+    })
+    return loaded
+
+
+@pytest.fixture
+def padbias_model(padbias_loaded_model):
+    """The model under test, in eval mode on ``padbias_device``. Override it in your
+    conftest to gate your own model (and ``padbias_images`` for its inputs)."""
+    return padbias_loaded_model.module
+
+
+def _weights_meta(config, model):
+    """The loaded weights' metadata when ``model`` is the built-in one, else None."""
+    loaded = config.stash.get(_loaded_key, None)
+    return loaded if loaded is not None and loaded.module is model else None
+
+
+@pytest.fixture
+def padbias_input_size(pytestconfig, padbias_settings, padbias_model):
+    """``(height, width)``: --padbias-input-size, else the weights' crop size, else 224."""
+    loaded = _weights_meta(pytestconfig, padbias_model)
+    size = padbias_settings.input_size or (loaded.input_size if loaded and loaded.input_size else (224, 224))
+    pytestconfig.stash[run_key]["input_size"] = list(size)
+    return tuple(size)
+
+
+@pytest.fixture
+def padbias_images(pytestconfig, padbias_settings, padbias_input_size, padbias_model):
+    """A batch ``[N, 3, H, W]`` of real photographs (skimage.data) at the input size,
+    normalised as the weights expect (ImageNet statistics for your own model);
+    N = --padbias-images. Built once per run and size."""
+    from .images import IMAGENET_MEAN, IMAGENET_STD, natural_images
+
+    loaded = _weights_meta(pytestconfig, padbias_model)
+    mean, std = (loaded.mean, loaded.std) if loaded else (IMAGENET_MEAN, IMAGENET_STD)
+    device = next((p.device for p in padbias_model.parameters()), "cpu")
+    key = (padbias_settings.images, padbias_input_size, padbias_settings.seed, mean, std, str(device))
+    cache = pytestconfig.stash.setdefault(_images_key, {})
+    if key not in cache:
+        cache[key] = natural_images(padbias_settings.images, padbias_input_size, padbias_settings.seed, mean=mean, std=std).to(device)
+    return cache[key]
+
+
+_images_key = pytest.StashKey()
+
+
+@pytest.fixture
+def padbias_score():
+    """Score function for models that are not classifiers: ``images -> tensor[N]``.
+    None means: use the classification logits. Override it for detectors."""
+    return None
+
+
+@pytest.fixture
+def padbias_record(request):
+    """Record a :class:`~pytest_padbias.result.CheckResult` for this test's JSON entry
+    and HTML row (the bundled suites use it for paper-vs-measured figures)."""
+    def record(result):
+        request.node.stash.setdefault(checks_key, []).append(result)
+        return result
+
+    return record
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    result = yield
+    gates = item.stash.get(gates_key, None)
+    if not gates:
+        return result
+    config = item.config
+    settings = config.stash[settings_key]
+    model = item.funcargs["padbias_model"]
+    ctx = GateContext(
+        model=model, images=item.funcargs["padbias_images"], input_size=tuple(item.funcargs["padbias_input_size"]),
+        device=str(next((p.device for p in model.parameters()), "cpu")), seed=settings.seed,
+        max_examples=settings.max_examples, derandomize=_in_ci(), score_fn=item.funcargs["padbias_score"],
+        categories=getattr(_weights_meta(config, model), "categories", None),
+    )
+    from .gates import gate_functions
+
+    failures = []
+    for gate, kwargs in gates:
+        _arguments, check = gate_functions(gate)
+        try:
+            outcome = check(ctx, **kwargs)
+        except PadbiasError as exc:
+            failures.append(f"@padbias.{gate} could not check this model: {exc}")
+            continue
+        item.stash.setdefault(checks_key, []).append(outcome)
+        if not outcome.passed:
+            failures.append(f"@padbias.{gate} failed: {outcome.message or outcome.summary}")
+    if failures:
+        pytest.fail("\n".join(failures), pytrace=False)
+    return result
+
+
+def _in_ci() -> bool:
+    import os
+
+    return bool(os.environ.get("CI"))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        checks = item.stash.get(checks_key, [])
+        if checks:
+            report.user_properties.append((PROPERTY, json.dumps([_finite(c.to_json()) for c in checks])))
+            if report.when == "call":
+                report.extras = list(getattr(report, "extras", [])) + html_extras(checks)
+        run = item.config.stash[run_key]
+        if run:
+            report.user_properties.append((RUN_PROPERTY, json.dumps(run)))
+    return report
+
+
+def _finite(obj):
+    """NaN and infinity are not JSON: write them as null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+class ReportCollector:
+    """Gathers results on the controller (under xdist it sees the workers' reports)
+    and writes the JSON at the end of the session."""
+
+    def __init__(self, config):
+        self.config = config
+
+    def pytest_runtest_logreport(self, report):
+        entries = self.config.stash[entries_key]
+        entry = entries.setdefault(report.nodeid, {"checks": [], "reports": []})
+        entry["reports"].append(report)
+        for name, value in report.user_properties:
+            if name == PROPERTY and report.when in ("call", "setup"):
+                entry["checks"] = json.loads(value)
+            elif name == RUN_PROPERTY:
+                self.config.stash[run_key].update({k: v for k, v in json.loads(value).items() if v is not None})
+
+    def pytest_sessionfinish(self, session, exitstatus):
+        config = self.config
+        settings = config.stash[settings_key]
+        if hasattr(config, "workerinput") or not settings.json:
+            return  # xdist workers: the controller writes the report
+        entries = {
+            nodeid: {"nodeid": nodeid, "outcome": outcome_of(e["reports"]), "checks": e["checks"]}
+            for nodeid, e in config.stash[entries_key].items()
+        }
+        run = {"model": settings.model, "weights": settings.weights,
+               "input_size": list(settings.input_size) if settings.input_size else None,
+               "device": settings.device, "seed": settings.seed, "padbias_version": __version__}
+        run.update(config.stash[run_key])
+        if run.get("torch_version") is None:
+            run["torch_version"] = _installed_version("torch")
+        write_atomic(settings.json, dumps(build_document(run, entries)))
+
+
+def _installed_version(dist):
+    import importlib.metadata as md
+
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None

@@ -1,0 +1,80 @@
+"""JSON for CI and pytest-html extras for reviewers. No torch here."""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import tempfile
+from pathlib import Path
+
+PROPERTY = "padbias_checks"
+RUN_PROPERTY = "padbias_run"
+
+
+def html_extras(results) -> list[dict]:
+    """pytest-html 4 extras for a list of CheckResults: a summary line and each figure."""
+    try:
+        from pytest_html import extras
+    except ImportError:  # the plugin works without pytest-html; extras are then ignored
+        return []
+    out = []
+    for r in results:
+        verdict = "PASS" if r.passed else "FAIL"
+        limit = "" if r.limit is None else f" (limit {r.limit:g})"
+        out.append(extras.html(
+            f'<div class="padbias-check" data-check="{html.escape(r.check)}" data-passed="{str(r.passed).lower()}">'
+            f"<b>{html.escape(r.check)}</b> {verdict}: {html.escape(r.summary)}{html.escape(limit)}</div>"
+        ))
+        for fig in r.figures:
+            out.append(extras.png(base64.b64encode(fig.png).decode("ascii"), name=fig.title))
+    return out
+
+
+def outcome_of(reports: list) -> str:
+    """One outcome for a test from its setup/call/teardown reports."""
+    outcomes = [(r.when, r.outcome) for r in reports]
+    if any(o == "failed" and w != "call" for w, o in outcomes):
+        return "error"
+    if any(o == "failed" for _w, o in outcomes):
+        return "failed"
+    if any(o == "skipped" for _w, o in outcomes):
+        return "skipped"
+    return "passed"
+
+
+def build_document(run: dict, entries: dict[str, dict]) -> dict:
+    """The JSON document: run metadata first, then one entry per test in run order."""
+    keys = ("model", "weights", "weights_sha256", "input_size", "device", "seed", "torch_version", "padbias_version")
+    doc = {k: run.get(k) for k in keys}
+    doc["tests"] = list(entries.values())
+    return doc
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write via a temporary file in the same folder and rename, so a killed run never
+    leaves half a report behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def dumps(doc: dict) -> str:
+    return json.dumps(doc, indent=2, allow_nan=False, default=_plain) + "\n"
+
+
+def _plain(obj):
+    # numpy/torch scalars and tuples reach us from the analyses: write them as numbers/lists.
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
