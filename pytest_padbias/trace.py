@@ -13,6 +13,7 @@ paths from each input pixel to the last feature map (the foveation map).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 from .result import PadbiasError
@@ -132,8 +133,17 @@ def trace_spatial_ops(model, input_size, in_channels=None, foveation=False, devi
     class Tracer(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
-            result = func(*args, **kwargs)
             layer = stack[-1] if stack else ""
+            try:
+                result = func(*args, **kwargs)
+            except RuntimeError as exc:
+                if func in conv_fns or func in pool_fns:
+                    x = args[0] if args else kwargs.get("input")
+                    raise PadbiasError(
+                        f"input size {h}x{w} is too small for the model: layer {layer or '<model>'} gets a "
+                        f"{'x'.join(map(str, x.shape[2:]))} input ({str(exc).splitlines()[0][:160]})"
+                    ) from None
+                raise
             if func in conv3d_fns:
                 raise PadbiasError(f"layer {layer or '<model>'} uses a 3-D convolution; pytest-padbias analyses 1-D and 2-D convolutions only")
             if func in conv_fns:
@@ -240,16 +250,21 @@ def trace_spatial_ops(model, input_size, in_channels=None, foveation=False, devi
         handles.append(module.register_forward_pre_hook(lambda m, a, _n=name: stack.append(_n) and None))
         # A forward hook that returns a value replaces the module's output: return None.
         handles.append(module.register_forward_hook(lambda m, a, o: stack.pop() and None))
-    x = torch.empty((1, in_channels, h, w), device=device)
+    # A model that starts with Conv1d takes [N, C, L]: the width is its length.
+    shape = (1, in_channels, w) if _first_conv_dims(model) == 1 else (1, in_channels, h, w)
+    x = torch.empty(shape, device=device)
     tag(x, INPUT)
     fov_input = None
     if foveation:
-        fov_input = torch.ones((1, 1, h, w), requires_grad=True)
+        fov_input = torch.ones((1, 1) + shape[2:], requires_grad=True)
         set_shadow(x, fov_input)
     try:
         with torch.no_grad() if not foveation else _nullcontext():
             state = {k: torch.empty_like(v, device=device) for k, v in _named_tensors(model)}
-            with Tracer():
+            # The model's own warnings (e.g. torch on even-kernel 'same' padding) say
+            # nothing about this analysis; keep them out of the user's warning filters.
+            with warnings.catch_warnings(), Tracer():
+                warnings.simplefilter("ignore")
                 torch.func.functional_call(model, state, (x,))
     except PadbiasError:
         raise
@@ -278,6 +293,12 @@ class _nullcontext:
 def _named_tensors(model):
     yield from model.named_parameters(remove_duplicate=False)
     yield from model.named_buffers(remove_duplicate=False)
+
+
+def _first_conv_dims(model) -> int:
+    import torch.nn as nn
+
+    return next((len(m.kernel_size) for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), 2)
 
 
 def _first_in_channels(model) -> int:
