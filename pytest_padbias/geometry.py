@@ -200,7 +200,60 @@ def _axis_even(model, axis: int, length: int, other: int) -> bool:
 
 def even_sizes(model, low: int = 32, high: int = 1024) -> list[int]:
     """Square input sizes in [low, high] at which ``model`` pads evenly everywhere."""
-    return [s for s in range(low, high + 1) if is_even(model, (s, s))]
+    trace = size_program(model, (high, high))
+    if "dynamic" in trace.notes:
+        return [s for s in range(low, high + 1) if is_even(model, (s, s))]
+    return [s for s in range(low, high + 1) if _replay_even(trace, (s, s))]
+
+
+def _steps(trace):
+    """The replay of :func:`_replay` flattened to tuples, built once per trace: for each
+    op, (index, source, kind, per-axis (before, after, k, s, d), ceil)."""
+    if trace.steps is None:
+        consumers: dict[int, int] = {}
+        for op in trace.ops:
+            consumers[op.parent] = consumers.get(op.parent, 0) + 1
+        steps = []
+        for op in trace.ops:
+            if op.op in ("fixed", "opaque"):
+                steps.append((op.index, op.parent, "fixed", op.traced_out, False))
+            elif op.op == "pad":
+                folded = consumers.get(op.index, 0) == 1 and _feeds_window(trace, op.index)
+                steps.append((op.index, op.parent, "pad_folded" if folded else "pad", op.padding, False))
+            else:
+                pads, source = op.padding, op.parent
+                parent = trace.ops[op.parent] if op.parent != INPUT else None
+                if parent is not None and parent.op == "pad" and consumers.get(parent.index, 0) == 1:
+                    pads = tuple((pb + b, pa + a) for (pb, pa), (b, a) in zip(parent.padding, op.padding))
+                    source = parent.parent
+                axes = tuple((pads[i][0], pads[i][1], op.kernel[i], op.stride[i], op.dilation[i]) for i in range(len(pads)))
+                steps.append((op.index, source, "window", axes, op.ceil_mode))
+        trace.steps = steps
+    return trace.steps
+
+
+def _replay_even(trace, size) -> bool:
+    """:func:`_replay` reduced to 'is every op even?', stopping at the first uneven op."""
+    sizes = {INPUT: tuple(size)}
+    for index, source, kind, params, ceil in _steps(trace):
+        if kind == "fixed":
+            sizes[index] = params
+            continue
+        src = sizes[source]
+        if kind.startswith("pad"):
+            if kind == "pad" and any(b != a for b, a in params):
+                return False
+            sizes[index] = tuple(v + b + a for v, (b, a) in zip(src[-len(params):], params))
+            continue
+        src = src[-len(params):]
+        out = []
+        for n_in, (before, after, k, s, d) in zip(src, params):
+            res = axis_read(n_in, before, after, k, s, d, ceil)
+            if res is None or res[1] != res[2] or res[3]:
+                return False
+            out.append(res[0])
+        sizes[index] = tuple(out)
+    return True
 
 
 def nearest_even_sizes(model, input_size, search: int = 512) -> dict:

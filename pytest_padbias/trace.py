@@ -45,6 +45,7 @@ class Trace:
     input_size: tuple[int, int]
     foveation: object = None  # torch.Tensor [H, W] of path counts, when asked for
     notes: list[str] = field(default_factory=list)
+    steps: list | None = None  # geometry's flattened replay, built on first use
 
 
 def _tuple(v, n):

@@ -1,0 +1,86 @@
+"""Mind the Pad (Alsallakh et al., ICLR 2021; shared/papers/001_0c67f33abde3bd60.txt and the
+reproducibility report 000_873c4a5f441dd0f4.txt): its padding-geometry claims as tests on
+the model of ``--padbias-model``. Each test records the paper's figure beside the measured one.
+"""
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pytest_padbias.geometry import even_sizes, foveation_map, nearest_even_sizes, trace_padding, uneven_layers
+from pytest_padbias.result import CheckResult, GateContext
+from pytest_padbias.uneven_padding import no_uneven_padding_check
+
+
+def claim(name, passed, paper, measured, summary, figures=(), **details):
+    return CheckResult(check=name, passed=bool(passed), value=float(measured) if isinstance(measured, (int, float)) else float(passed),
+                       limit=None, details={"paper": paper, "measured": measured, **details}, summary=summary,
+                       figures=list(figures))
+
+
+def test_default_size_pads_unevenly(padbias_model, padbias_input_size, padbias_record):
+    """Claim: at the usual 224x224 input, the strided layers of ResNet and MobileNet read
+    padding on the top/left only (slides, 'uneven application of padding'; report Sec. 3)."""
+    ctx = GateContext(model=padbias_model, images=None, input_size=padbias_input_size, device="cpu", seed=0)
+    result = no_uneven_padding_check(ctx)
+    uneven = result.details["uneven_layers"]
+    padbias_record(claim(
+        "claim: uneven padding at the default size", bool(uneven),
+        paper="ResNet-50 and MobileNetV2 at 224x224: every stride-2 layer pads unevenly",
+        measured=len(uneven), summary=f"{len(uneven)} uneven ops at {padbias_input_size[0]}x{padbias_input_size[1]}",
+        figures=result.figures, layers=[u["layer"] for u in uneven],
+    ))
+    assert uneven, f"no layer pads unevenly at {padbias_input_size}: the paper's claim does not apply to this model"
+
+
+def test_suggested_size_pads_evenly(padbias_model, padbias_input_size, padbias_record):
+    """Claim: a slightly larger input, 225 instead of 224 (2^d + 1 sizes; reading notes
+    003), removes all uneven padding (slides, '224 vs 225')."""
+    nearest = nearest_even_sizes(padbias_model, padbias_input_size)
+    above = nearest["above"]
+    assert above is not None, "no input size within 512 px above the default pads evenly"
+    remaining = uneven_layers(padbias_model, above)
+    padbias_record(claim(
+        "claim: the suggested size pads evenly", not remaining, paper="224 -> 225 for ResNet-50 and MobileNetV2",
+        measured=f"{padbias_input_size[0]}x{padbias_input_size[1]} -> {above[0]}x{above[1]}",
+        summary=f"nearest even size above the default: {above[0]}x{above[1]}", nearest=nearest,
+    ))
+    assert not remaining
+
+
+def test_even_sizes_are_spaced_by_the_total_stride(padbias_model, padbias_record):
+    """Claim: even sizes come every 2^d pixels, 2^d + 1 being the first (reading notes 003:
+    'input sizes of the form 2^d + 1 avoid uneven padding')."""
+    sizes = even_sizes(padbias_model, 32, 512)
+    assert len(sizes) >= 2, f"fewer than two even sizes in 32..512: {sizes}"
+    step = sizes[1] - sizes[0]
+    regular = (step & (step - 1) == 0 and all(b - a == step for a, b in zip(sizes, sizes[1:]))
+               and all((s - 1) % step == 0 for s in sizes))
+    padbias_record(claim(
+        "claim: even sizes every 2^d pixels", regular,
+        paper="sizes k * 2^d + 1 (e.g. 225 = 7 * 32 + 1 for 5 stride-2 layers)", measured=sizes[:8],
+        summary=f"even sizes in 32..512, {step} apart: {sizes[:6]}...",
+    ))
+    assert regular, f"even sizes are not k * 2^d + 1 with one step: {sizes[:8]}"
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(size=st.integers(33, 400))
+def test_replayed_sizes_match_a_fresh_trace(padbias_model, size):
+    """Property: for every generated input size, the per-layer arithmetic replay equals a
+    fresh meta-device trace of the model at that size."""
+    from pytest_padbias.trace import trace_spatial_ops
+
+    replay = [r.output_size for r in trace_padding(padbias_model, (size, size + 1))]
+    fresh = [op.traced_out for op in trace_spatial_ops(padbias_model, (size, size + 1)).ops
+             if op.op not in ("fixed", "opaque", "pad")]
+    assert replay == fresh
+
+
+def test_zero_padding_marginalises_the_periphery(padbias_model, padbias_input_size, padbias_record):
+    """Claim: zero padding mildly foveates: border pixels have fewer paths to the output
+    than central ones (slides, 'mild foveation')."""
+    counts, ratio = foveation_map(padbias_model, padbias_input_size)
+    padbias_record(claim(
+        "claim: foveation under zero padding", ratio < 1.0, paper="periphery used less than the centre",
+        measured=round(ratio, 4), summary=f"periphery/centre path ratio {ratio:.3f}",
+    ))
+    assert ratio < 1.0
