@@ -260,3 +260,24 @@ def test_a_plain_pytest_run_does_not_import_torch(pytester):
     pytester.makepyfile(test_plain="import sys\ndef test_x():\n    assert 'torch' not in sys.modules\n")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
+
+
+def test_a_gate_that_is_not_implemented_errors_and_never_passes(project, monkeypatch):
+    from pytest_padbias import gates
+
+    monkeypatch.setitem(gates.GATE_MODULES, "max_pans", "pytest_padbias.not_there")
+    project.makepyfile(test_gated=GATED.replace("@padbias.no_uneven_padding", "@padbias.max_pans(0.02)"))
+    result = project.runpytest(*FAST)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*@padbias.max_pans is not implemented in this version of pytest-padbias*"])
+
+
+def test_stacked_gates_all_run(project):
+    project.makepyfile(test_gated=GATED.replace(
+        "@padbias.no_uneven_padding", "@padbias.no_uneven_padding\n@padbias.no_uneven_padding(input_size=33)"))
+    out = project.path / "run.json"
+    result = project.runpytest(*FAST, "--padbias-input-size=32", f"--padbias-json={out}")
+    result.assert_outcomes(failed=1)
+    checks = json.loads(out.read_text())["tests"][0]["checks"]
+    assert [c["passed"] for c in checks] == [True, False] or [c["passed"] for c in checks] == [False, True]
+    assert sorted(c["details"]["input_size"] for c in checks) == [[32, 32], [33, 33]]
