@@ -277,7 +277,8 @@ class ReportCollector:
             return  # xdist workers: the controller writes the report
         entries = {
             nodeid: {"nodeid": nodeid, "outcome": outcome_of(e["reports"]), "checks": e["checks"]}
-            for nodeid, e in config.stash[entries_key].items()
+            # Sorted by test id so a parallel run writes the same file as a serial one.
+            for nodeid, e in sorted(config.stash[entries_key].items())
         }
         run = {"model": settings.model, "weights": settings.weights,
                "input_size": list(settings.input_size) if settings.input_size else None,
