@@ -1,0 +1,514 @@
+"""Shift robustness: consistency under shifts, the border-shift protocol, and the
+``shift_robust`` gate.
+
+Three measurements, usable without pytest:
+
+* :func:`shift_consistency` -- the metric of the shift-invariance literature (Zhang 2019,
+  *Making Convolutional Networks Shift-Invariant Again*): the probability that two views of
+  the same image, displaced differently, get the same top-1 class. ImageNet reference
+  values from that paper: ResNet-50 89.2%, MobileNetV2 about 86.5%.
+* :func:`border_shift_map` -- the protocol of the reproducibility report
+  (``000_873c4a5f441dd0f4.txt``, section 4.2): push the content toward the 9 positions
+  {north, centre, south} x {west, centre, east} by a fraction of its free margin and compare
+  each view with the centred one; plus an offset map over a grid of (dy, dx).
+* :func:`~pytest_padbias.shift_gate.search_flipping_shift` -- a hypothesis search for the
+  worst shift (``target()`` on the probability drop) that then shrinks to the smallest shift
+  that still flips the prediction.
+
+And the gate: :func:`shift_robust_arguments` (plain validation) and :func:`shift_robust_check`.
+
+Conventions. A displacement ``(dy, dx)`` moves the content down/right for positive values
+(north and west are negative). Views are made on the normalised tensor the model sees, so
+``fill="zeros"`` shows the same value as the model's own zero padding. Classifiers are
+judged by their top-1 class and the softmax probability of the centred view's top-1 class.
+A model that is not a classifier is judged through ``score_fn(images) -> tensor[N]`` of
+non-negative confidences (e.g. a detector's best box score): a view's "prediction" is
+whether its score keeps at least half the centred view's score, so "the prediction
+changes" means the score fell below half of the centred score, and the "drop" is the
+centred score minus the view's score.
+
+This module imports torch lazily: the plugin validates gate arguments at collection time.
+"""
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .images import IMAGENET_MEAN, IMAGENET_STD
+from .result import CheckResult, GateContext, PadbiasError
+
+#: Fills of the gate (issue 4). The measurement functions also take "circular" (wrap-around),
+#: under which a circularly padded, stride-1, globally pooled net is exactly invariant.
+FILLS = ("zeros", "reflect", "edge")
+MEASURE_FILLS = FILLS + ("circular",)
+POSITIONS = (
+    ("north-west", "north", "north-east"),
+    ("west", "centre", "east"),
+    ("south-west", "south", "south-east"),
+)
+#: Views per image for the gate's consistency (15 pairs each) and its offset-map grid (5 x 5,
+#: whose corners, edge midpoints and centre are the 3 x 3 border map).
+GATE_VIEWS_PER_IMAGE = 6
+GATE_GRID = 5
+
+
+def default_max_shift(view_size: Sequence[int]) -> int:
+    """1/14 of the view's shorter side: 16 px at 224, antialiased-cnns' range (256 -> 224 crops)."""
+    return max(1, round(min(view_size) / 14))
+
+
+# --------------------------------------------------------------------------- validation
+def _check_fill(fill, accepted=MEASURE_FILLS, who="fill"):
+    if fill not in accepted:
+        raise PadbiasError(f"{who}={fill!r} is not a fill mode; accepted: {', '.join(accepted)}")
+
+
+def _is_whole(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _check_max_shift(max_shift, image_size, who="max_shift") -> int:
+    if not _is_whole(max_shift) or max_shift < 1:
+        raise PadbiasError(f"{who}={max_shift!r} is not accepted; give a positive whole number of pixels")
+    if max_shift >= min(image_size):
+        raise PadbiasError(
+            f"{who}={max_shift} is too large for {image_size[0]}x{image_size[1]} images; "
+            f"a shift must be smaller than the image (at most {min(image_size) - 1} pixels)"
+        )
+    return int(max_shift)
+
+
+def _as_source(photos_or_images, size, mean, std):
+    """A normalised float tensor [N, C, H, W]: tensors pass through; photographs (H x W x 3
+    uint8 arrays, a list of them, or an N x H x W x 3 array) are rendered at ``size``."""
+    import torch
+
+    if isinstance(photos_or_images, torch.Tensor):
+        x = photos_or_images
+        if x.dim() != 4 or not x.is_floating_point():
+            raise PadbiasError(f"images must be a normalised float tensor [N, C, H, W]; got {x.dtype} of shape {tuple(x.shape)}")
+        return x
+    photos = photos_or_images
+    if isinstance(photos, np.ndarray):
+        photos = [photos] if photos.ndim in (2, 3) else list(photos)
+    if not isinstance(photos, (list, tuple)) or not photos or not all(isinstance(p, np.ndarray) for p in photos):
+        raise PadbiasError(
+            "images must be a normalised tensor [N, C, H, W] or photographs as H x W x 3 uint8 arrays; "
+            f"got {type(photos_or_images).__name__}"
+        )
+    return _render_photos(photos, size, mean, std)
+
+
+def _render_photos(photos, size, mean, std):
+    """Largest centred crop of each photo with the view's aspect ratio, resized with antialiasing."""
+    import torch
+    import torch.nn.functional as F
+
+    h, w = size
+    out = []
+    for p in photos:
+        p = np.repeat(p[:, :, None], 3, axis=2) if p.ndim == 2 else p
+        if p.ndim != 3 or p.shape[2] < 3:
+            raise PadbiasError(f"a photograph must be H x W x 3 (or H x W grey); got shape {p.shape}")
+        ph, pw = p.shape[:2]
+        ch = min(ph, round(pw * h / w))
+        cw = min(pw, round(ch * w / h))
+        top, left = (ph - ch) // 2, (pw - cw) // 2
+        crop = np.ascontiguousarray(p[top : top + ch, left : left + cw, :3])
+        t = torch.from_numpy(crop).permute(2, 0, 1)[None].float()
+        t = t / 255.0 if p.dtype == np.uint8 else t
+        out.append(F.interpolate(t, size=(h, w), mode="bilinear", antialias=True, align_corners=False))
+    x = torch.cat(out).clamp_(0.0, 1.0)
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+# --------------------------------------------------------------------------- making views
+def _source_coords(coords, n, fill):
+    """Map canvas coordinates to source coordinates under ``fill``; also the inside mask."""
+    import torch
+
+    inside = (coords >= 0) & (coords < n)
+    if fill == "circular":
+        return coords % n, inside
+    if fill == "reflect" and n > 1:  # torch's "reflect": ... 2 1 | 0 1 2 ... n-1 | n-2 ...
+        period = 2 * (n - 1)
+        c = coords % period
+        return torch.where(c >= n, period - c, c), inside
+    return coords.clamp(0, n - 1), inside  # "edge" repeats the border; "zeros" masks it later
+
+
+def shifted_views(sources, offsets, fill="reflect", index=None, size=None):
+    """Views of ``sources[index[v]]`` ([N, C, H, W]) with the content moved by ``offsets[v] =
+    (dy, dx)`` on a canvas of ``size`` (default: the sources' size).
+
+    Canvas pixel (y, x) shows source pixel (y - dy, x - dx); where that falls outside the
+    source it shows ``fill``. A canvas smaller than the source with negative offsets is a
+    crop (no artificial border at all). One vectorised gather for all views.
+    """
+    import torch
+
+    _check_fill(fill)
+    dev = sources.device
+    off = torch.as_tensor(offsets, dtype=torch.long, device=dev).reshape(-1, 2)
+    idx = torch.arange(len(off), device=dev) if index is None else torch.as_tensor(index, dtype=torch.long, device=dev)
+    h, w = size or sources.shape[-2:]
+    ys, y_in = _source_coords(torch.arange(h, device=dev)[None, :] - off[:, :1], sources.shape[-2], fill)
+    xs, x_in = _source_coords(torch.arange(w, device=dev)[None, :] - off[:, 1:], sources.shape[-1], fill)
+    # Advanced indices on dims 0, 2, 3 around a slice: the result is [V, H, W, C].
+    views = sources[idx[:, None, None], :, ys[:, :, None], xs[:, None, :]].permute(0, 3, 1, 2).contiguous()
+    if fill == "zeros":
+        views.mul_((y_in[:, None, :, None] & x_in[:, None, None, :]).to(views.dtype))
+    return views
+
+
+# --------------------------------------------------------------------------- evaluating views
+def _forward(model, score_fn, views):
+    """Probabilities [B, classes] of a classifier, or scores [B] of ``score_fn``, checked."""
+    import torch
+
+    b, _, h, w = views.shape
+    who = "the score function" if score_fn is not None else "the model"
+    try:
+        with torch.inference_mode():
+            out = score_fn(views) if score_fn is not None else model(views)
+            out = out.detach() if isinstance(out, torch.Tensor) else out
+    except (RuntimeError, ValueError, TypeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise PadbiasError(
+            f"{who} cannot evaluate {h}x{w} views ({first}); if the images are smaller than the model "
+            "accepts, give larger images or a smaller max_shift"
+        ) from None
+    if score_fn is not None:
+        out = torch.as_tensor(out).detach()
+        out = out[:, 0] if out.dim() == 2 and out.shape[1] == 1 else out
+        if tuple(out.shape) != (b,):
+            raise PadbiasError(f"the score function returned shape {tuple(out.shape)}; it must return one score per image, shape ({b},)")
+        if bool((out < 0).any()):
+            raise PadbiasError(f"the score function returned a negative score ({float(out.min()):.4g}); it must return non-negative confidences such as probabilities")
+        return out.float()
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != b or out.shape[1] < 2:
+        got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
+        raise PadbiasError(
+            f"the model returned {got}, not (N, classes) logits; for a model that is not a classifier "
+            "give a score function (the padbias_score fixture) that returns one score per image"
+        )
+    return out.float().softmax(dim=1)
+
+
+def auto_batch_size(size, device) -> int:
+    """Views per forward pass when none is given: about 2**18 input pixels per batch on CPU
+    (5 views at 224 x 224, 28 at 96), 2**22 on GPU. On CPU large batches of large images
+    are slower per view, their activations no longer fitting the caches: MobileNetV2 on one
+    EPYC core takes 47-65 ms/view at 224 in batches of 1 to 10 but 118 in batches of 40,
+    and at 96 px 24 ms/view alone but 11 in batches of 5 to 10."""
+    budget = 2**22 if str(device).startswith("cuda") else 2**18
+    return max(1, budget // (size[0] * size[1]))
+
+
+def _evaluate(model, score_fn, sources, index, offsets, size, fill, batch_size):
+    """Model outputs for all views, each batch of views made just before it is evaluated."""
+    import torch
+
+    batch_size = batch_size or auto_batch_size(size, sources.device)
+    outs = []
+    for start in range(0, len(index), batch_size):
+        stop = start + batch_size
+        views = shifted_views(sources, offsets[start:stop], fill, index=index[start:stop], size=size)
+        outs.append(_forward(model, score_fn, views))
+    return torch.cat(outs)
+
+
+def _judge(out, ref_out, is_score):
+    """Per view, against its image's centred view: (label, changed, drop of the reference score)."""
+    if is_score:
+        label = (out >= 0.5 * ref_out).long()  # 1 = still "detected" at half the centred score
+        return label, label == 0, ref_out - out
+    ref_label = ref_out.argmax(dim=1)
+    label = out.argmax(dim=1)
+    drop = ref_out.gather(1, ref_label[:, None])[:, 0] - out.gather(1, ref_label[:, None])[:, 0]
+    return label, label != ref_label, drop
+
+
+# --------------------------------------------------------------------------- consistency
+@dataclass
+class ShiftConsistency:
+    """P(two differently displaced views of an image agree on the top-1 class)."""
+
+    value: float
+    per_image: list[float]
+    pairs: int
+    mode: str
+    fill: str | None
+    max_shift: int
+    views_per_image: int
+
+    def __float__(self) -> float:
+        return self.value
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("value", "per_image", "pairs", "mode", "fill", "max_shift", "views_per_image")}
+
+
+def shift_consistency(
+    model,
+    photos_or_images,
+    *,
+    max_shift: int | None = None,
+    mode: str = "crop",
+    fill: str = "reflect",
+    views_per_image: int = 8,
+    view_size: tuple[int, int] = (224, 224),
+    score_fn: Callable | None = None,
+    seed: int = 0,
+    batch_size: int | None = None,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+) -> ShiftConsistency:
+    """Consistency under shifts of up to ``max_shift`` pixels (Zhang 2019).
+
+    ``mode="crop"``: views are crops of a larger image, so no artificial border appears.
+    Photographs are rendered at ``view_size + 2 * max_shift`` and cropped at ``view_size``;
+    a tensor [N, C, H, W] is cropped at ``(H - 2 * max_shift, W - 2 * max_shift)``. With
+    224 views and ``max_shift=16`` this is antialiased-cnns' protocol (256 -> 224 crops;
+    it uses corners 0..31, we the symmetric -16..16 around the centre).
+    ``mode="translate"``: views keep the image size and the content moves on a canvas
+    filled by ``fill`` (zeros, reflect, edge or circular), for moves toward the border.
+
+    Each image gets ``views_per_image`` distinct random displacements in ``[-max_shift,
+    max_shift]^2`` (seeded), and every pair of its views is compared (an unbiased estimate
+    of the two-view probability that uses k(k-1)/2 pairs for k forward passes). All views
+    are evaluated in batches of ``batch_size`` (default: :func:`auto_batch_size`).
+    """
+    import torch
+
+    if mode not in ("crop", "translate"):
+        raise PadbiasError(f"mode={mode!r} is not a view mode; accepted: crop, translate")
+    _check_fill(fill)
+    if not _is_whole(views_per_image) or views_per_image < 2:
+        raise PadbiasError(f"views_per_image={views_per_image!r} is not accepted; give a whole number of at least 2")
+    is_tensor = isinstance(photos_or_images, torch.Tensor)
+    if max_shift is None:
+        base = photos_or_images.shape[-2:] if is_tensor else view_size
+        max_shift = default_max_shift(base) if (mode == "translate" or not is_tensor) else max(1, round(min(base) / 16))
+    if mode == "crop":
+        if is_tensor:
+            h, w = photos_or_images.shape[-2:]
+            _check_max_shift(max_shift, (h, w))
+            if 2 * max_shift >= min(h, w):
+                raise PadbiasError(
+                    f"max_shift={max_shift} leaves no crop of {h}x{w} images (crops are {h - 2 * max_shift}x{w - 2 * max_shift}); "
+                    f"in crop mode give at most {(min(h, w) - 1) // 2} pixels"
+                )
+            size = (h - 2 * max_shift, w - 2 * max_shift)
+        else:
+            _check_max_shift(max_shift, view_size)
+            size = tuple(view_size)
+        source = _as_source(photos_or_images, (size[0] + 2 * max_shift, size[1] + 2 * max_shift), mean, std)
+    else:
+        source = _as_source(photos_or_images, view_size, mean, std)
+        size = tuple(source.shape[-2:])
+        _check_max_shift(max_shift, size)
+    n, side = source.shape[0], 2 * max_shift + 1
+    k = min(views_per_image, side * side)
+    rng = np.random.default_rng(seed)
+    # Distinct displacements per image: a sample without replacement from the (2S+1)^2 grid.
+    cells = np.stack([rng.choice(side * side, size=k, replace=False) for _ in range(n)])
+    disp = np.stack([cells // side - max_shift, cells % side - max_shift], axis=-1).reshape(-1, 2)
+    index = np.repeat(np.arange(n), k)
+    offsets = disp if mode == "translate" else -(disp + max_shift)  # crop corner at S + d
+    if score_fn is not None:  # the centred view is the reference of "kept its score"
+        index = np.concatenate([np.arange(n), index])
+        offsets = np.concatenate([np.zeros((n, 2), int) if mode == "translate" else np.full((n, 2), -max_shift), offsets])
+    out = _evaluate(model, score_fn, source, index, offsets, size, fill, batch_size)
+    if score_fn is not None:
+        ref, out = out[:n], out[n:]
+        labels = _judge(out, ref.repeat_interleave(k), True)[0].view(n, k)
+    else:
+        labels = out.argmax(dim=1).view(n, k)
+    upper = torch.triu(torch.ones(k, k, dtype=torch.bool), diagonal=1)
+    agree = (labels[:, :, None] == labels[:, None, :])[:, upper].float()
+    per_image = agree.mean(dim=1)
+    return ShiftConsistency(
+        value=float(per_image.mean()),
+        per_image=[round(float(v), 6) for v in per_image],
+        pairs=int(agree.numel()),
+        mode=mode,
+        fill=fill if mode == "translate" else None,
+        max_shift=int(max_shift),
+        views_per_image=int(k),
+    )
+
+
+# --------------------------------------------------------------------------- border-shift map
+@dataclass
+class BorderShiftMap:
+    """Per image and grid offset, the view against the centred view. Arrays are [N, g, g]
+    with rows dy (north first) and columns dx (west first); the 3 x 3 map is the grid's
+    corners, edge midpoints and centre."""
+
+    grid_dy: list[int]
+    grid_dx: list[int]
+    ref_label: np.ndarray  # [N] centred top-1 class (classifier) or centred score
+    label: np.ndarray  # [N, g, g] top-1 class, or 1/0 "kept half the centred score"
+    changed: np.ndarray  # [N, g, g] bool
+    drop: np.ndarray  # [N, g, g] drop of the centred top-1 probability (or score)
+    correct: np.ndarray | None  # [N, g, g] top-1 == label, when labels were given
+    fill: str
+    fraction: float
+    content_scale: float
+    is_score: bool
+
+    def _three(self, a):
+        g = len(self.grid_dy)
+        return a[np.ix_([0, g // 2, g - 1], [0, g // 2, g - 1])]
+
+    @property
+    def change_rate(self):
+        return self._three(self.changed.mean(axis=0))
+
+    @property
+    def prob_drop(self):
+        return self._three(self.drop.mean(axis=0))
+
+    @property
+    def accuracy(self):
+        return None if self.correct is None else self._three(self.correct.mean(axis=0))
+
+    @property
+    def offsets(self):
+        g = len(self.grid_dy)
+        return [[(self.grid_dy[r], self.grid_dx[c]) for c in (0, g // 2, g - 1)] for r in (0, g // 2, g - 1)]
+
+    def to_json(self) -> dict[str, Any]:
+        def grid(a):
+            return None if a is None else np.round(np.asarray(a, dtype=float), 6).tolist()
+
+        return {
+            "positions": [list(row) for row in POSITIONS],
+            "offsets": [[list(map(int, o)) for o in row] for row in self.offsets],
+            "change_rate": grid(self.change_rate),
+            "prob_drop": grid(self.prob_drop),
+            "accuracy": grid(self.accuracy),
+            "offset_map": {
+                "dy": list(map(int, self.grid_dy)),
+                "dx": list(map(int, self.grid_dx)),
+                "change_rate": grid(self.changed.mean(axis=0)),
+                "prob_drop": grid(self.drop.mean(axis=0)),
+            },
+            "fill": self.fill,
+            "fraction": self.fraction,
+            "content_scale": self.content_scale,
+            "images": int(self.changed.shape[0]),
+        }
+
+
+def border_shift_map(
+    model,
+    photos_or_images,
+    *,
+    fraction: float = 1.0,
+    content_scale: float = 0.5,
+    max_shift: int | None = None,
+    fill: str = "zeros",
+    labels: Sequence[int] | None = None,
+    grid: int = 5,
+    view_size: tuple[int, int] = (224, 224),
+    score_fn: Callable | None = None,
+    batch_size: int | None = None,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+) -> BorderShiftMap:
+    """The report's 9-position protocol (section 4.2) and an offset map.
+
+    The content (photographs rendered at ``view_size``, or the tensor's images) is scaled by
+    ``content_scale`` and centred on a canvas of the view size filled by ``fill``; its free
+    margin is canvas minus content. Each outer position pushes the content toward that
+    border by ``fraction`` of its half margin (1.0 = touching the border), or by
+    ``fraction * max_shift`` pixels when ``max_shift`` is given (needed when the content
+    fills the view, ``content_scale=1``). The offset map covers a ``grid x grid`` lattice of
+    displacements over the same range (odd ``grid``, so it contains the 3 x 3 positions).
+    """
+    import torch.nn.functional as F
+
+    _check_fill(fill)
+    if not isinstance(fraction, numbers.Real) or not 0 < fraction <= 1:
+        raise PadbiasError(f"fraction={fraction!r} is not accepted; give the share of the free margin in (0, 1]")
+    if not isinstance(content_scale, numbers.Real) or not 0 < content_scale <= 1:
+        raise PadbiasError(f"content_scale={content_scale!r} is not accepted; give the content's size relative to the view in (0, 1]")
+    if not _is_whole(grid) or grid < 3 or grid % 2 == 0:
+        raise PadbiasError(f"grid={grid!r} is not accepted; give an odd whole number of at least 3")
+    canvas = _as_source(photos_or_images, view_size, mean, std)
+    n, _, h, w = canvas.shape
+    if labels is not None and (score_fn is not None or len(labels) != n):
+        raise PadbiasError(f"labels need a classifier and one class per image ({n}); got {len(labels)} labels" + (" with a score function" if score_fn else ""))
+    hc, wc = max(1, round(h * content_scale)), max(1, round(w * content_scale))
+    content = canvas if (hc, wc) == (h, w) else F.interpolate(canvas, size=(hc, wc), mode="bilinear", antialias=True, align_corners=False)
+    if max_shift is not None:
+        reach = (_check_max_shift(max_shift, (h, w)),) * 2
+    else:
+        reach = ((h - hc) // 2, (w - wc) // 2)
+        if min(reach) < 1:
+            raise PadbiasError(f"content_scale={content_scale} leaves no free margin on {h}x{w} views; give a smaller content_scale or a max_shift")
+    steps = np.linspace(-1.0, 1.0, grid)
+    grid_dy = [int(round(s * fraction * reach[0])) for s in steps]
+    grid_dx = [int(round(s * fraction * reach[1])) for s in steps]
+    top, left = (h - hc) // 2, (w - wc) // 2
+    cells = [(top + dy, left + dx) for dy in grid_dy for dx in grid_dx]
+    index = np.repeat(np.arange(n), len(cells))
+    out = _evaluate(model, score_fn, content, index, np.tile(cells, (n, 1)), (h, w), fill, batch_size)
+    out = out.view(n, grid, grid, *out.shape[1:])
+    ref = out[:, grid // 2, grid // 2]
+    ref_rep = ref[:, None, None].expand_as(out).reshape(-1, *out.shape[3:])
+    label, changed, drop = (t.view(n, grid, grid) for t in _judge(out.reshape(-1, *out.shape[3:]), ref_rep, score_fn is not None))
+    correct = None
+    if labels is not None:
+        correct = label.cpu().numpy() == np.asarray(labels).reshape(n, 1, 1)
+    return BorderShiftMap(
+        grid_dy=grid_dy,
+        grid_dx=grid_dx,
+        ref_label=(ref if score_fn is not None else ref.argmax(dim=1)).cpu().numpy(),
+        label=label.cpu().numpy(),
+        changed=changed.cpu().numpy(),
+        drop=drop.cpu().numpy(),
+        correct=correct,
+        fill=fill,
+        fraction=float(fraction),
+        content_scale=float(content_scale),
+        is_score=score_fn is not None,
+    )
+
+
+# --------------------------------------------------------------------------- the gate
+def shift_robust_arguments(threshold, max_shift=None, fill="reflect") -> dict:
+    """Validate the arguments of ``@padbias.shift_robust`` without torch; the normalised kwargs."""
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 < float(threshold) <= 1:
+        raise PadbiasError(
+            f"shift_robust threshold={threshold!r} is not accepted; give the minimum consistency as a number in (0, 1], e.g. 0.85"
+        )
+    if max_shift is not None and (not _is_whole(max_shift) or max_shift < 1):
+        raise PadbiasError(
+            f"shift_robust max_shift={max_shift!r} is not accepted; give a positive whole number of pixels, "
+            "or None for 1/14 of the input's shorter side"
+        )
+    if fill not in FILLS:
+        raise PadbiasError(f"shift_robust fill={fill!r} is not accepted; the fills are {', '.join(FILLS)}")
+    return {"threshold": float(threshold), "max_shift": None if max_shift is None else int(max_shift), "fill": fill}
+
+
+def shift_robust_check(ctx: GateContext, threshold, max_shift=None, fill="reflect") -> CheckResult:
+    """The ``shift_robust`` gate: value = shift consistency of the model on ``ctx.images``.
+
+    ``ctx.images`` are already at the model's input size and need not be the bundled
+    photographs, so there is no larger rendering to crop from: views translate each image
+    by a random displacement in ``[-S, S]^2`` on a canvas filled by ``fill`` (S =
+    ``max_shift``, default 1/14 of the shorter side, 16 px at 224; the relative shift
+    between two views then spans antialiased-cnns' 32 px). Details: the 3 x 3 border map
+    (content pushed by S toward each border), the 5 x 5 offset map, the worst shift and the
+    smallest flipping shift hypothesis shrinks to (see :mod:`pytest_padbias.shift_gate`).
+    """
+    from .shift_gate import run_shift_robust
+
+    return run_shift_robust(ctx, **shift_robust_arguments(threshold, max_shift, fill))
