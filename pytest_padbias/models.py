@@ -120,6 +120,21 @@ def _import_callable(target: str, attr: str, spec: str):
     return factory
 
 
+def default_input_size(spec: str) -> tuple[int, int]:
+    """The input size the padbias fixtures use for ``spec`` when none is given: the crop
+    size of torchvision's default weights, else 224x224."""
+    try:
+        kind, name, _factory_fn = _factory(spec)
+    except PadbiasError:
+        return (224, 224)
+    if kind != "torchvision":
+        return (224, 224)
+    from torchvision import models
+
+    crop = models.get_model_weights(name).DEFAULT.transforms().crop_size
+    return (crop[0], crop[-1])
+
+
 def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -79,6 +79,20 @@ def parse_path(text: str) -> str:
     return value
 
 
+def parse_compare(text: str) -> str:
+    from .compare import load_run
+
+    load_run(text)  # raises ArgumentTypeError naming the file and the problem
+    return str(text)
+
+
+def parse_compare_fail(text: str) -> str:
+    from .compare import parse_rules
+
+    parse_rules(text)
+    return str(text)
+
+
 #: name -> (parser, default, help). The parser raises ArgumentTypeError on bad values.
 OPTIONS = {
     "model": (parse_model, DEFAULT_MODEL,
@@ -94,6 +108,13 @@ OPTIONS = {
     "images": (_int_at_least(1, "--padbias-images"), 32, "number of natural photographs in padbias_images (default: 32)"),
     "max-examples": (_int_at_least(1, "--padbias-max-examples"), 50, "hypothesis examples per shift search (default: 50)"),
     "json": (parse_path, None, "write the gate and claim results as JSON to this path"),
+    "report-dir": (parse_path, None,
+                   "write the HTML report (with pytest-html) and the JSON to this folder, named after the model, "
+                   "input size and weights; an existing report of another model is never overwritten"),
+    "compare": (parse_compare, None, "compare this run with an earlier --padbias-json file; show old vs new"),
+    "compare-fail": (parse_compare_fail, None,
+                     "with --padbias-compare, fail on regressions beyond these bounds, e.g. pans:+0.5%,consistency:-2% "
+                     "(X% of a fraction = X percentage points)"),
 }
 
 
@@ -109,6 +130,10 @@ class Settings:
     images: int = 32
     max_examples: int = 50
     json: str | None = None
+    report_dir: str | None = None
+    compare: str | None = None
+    compare_fail: str | None = None
+    html: str | None = None
     explicit_model: bool = False
 
 
@@ -120,7 +145,7 @@ def add_options(parser) -> None:
     group = parser.getgroup("padbias", "pytest-padbias: spatial bias of CNNs from zero padding")
     for name, (parse, default, help_text) in OPTIONS.items():
         group.addoption(f"--padbias-{name}", dest=dest(name), type=parse, default=None, metavar=name.upper().replace("-", "_"),
-                        help=help_text)
+                        help=help_text.replace("%", "%%"))  # argparse %-formats help
         parser.addini(dest(name), help=f"{help_text} [--padbias-{name}]", default=None)
 
 

@@ -30,10 +30,13 @@ def pytest_addoption(parser):
     add_options(parser)
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-html reads --html
 def pytest_configure(config):
     for gate, marker in GATE_MARKERS.items():
         config.addinivalue_line("markers", MARKER_HELP[gate].replace(f"padbias_{gate}", marker, 1))
     settings = resolve(config)
+    if settings.report_dir and not hasattr(config, "workerinput"):
+        settings = _place_reports(config, settings)
     config.stash[settings_key] = settings
     config.stash[entries_key] = {}
     config.stash[run_key] = {}
@@ -52,6 +55,23 @@ def pytest_configure(config):
             resolve_device("cuda")
         except PadbiasError as exc:
             raise pytest.UsageError(str(exc)) from None
+
+
+def _place_reports(config, settings):
+    """Point pytest-html and the JSON into the report folder unless given explicitly."""
+    import dataclasses
+
+    from .models import default_input_size
+    from .report import report_basename, with_suffix
+
+    size = settings.input_size or default_input_size(settings.model)
+    base = report_basename(settings.report_dir, settings.model, size, settings.weights)
+    html_path = None
+    if hasattr(config.option, "htmlpath"):
+        if not config.option.htmlpath:
+            config.option.htmlpath = str(with_suffix(base, ".html"))
+        html_path = config.option.htmlpath
+    return dataclasses.replace(settings, json=settings.json or str(with_suffix(base, ".json")), html=html_path)
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -259,11 +279,18 @@ class ReportCollector:
 
     def __init__(self, config):
         self.config = config
+        self.figures: list[tuple[str, str]] = []
+        self.document: dict | None = None
+        self.comparison = None
+        self.regressions: list[str] = []
 
     def pytest_runtest_logreport(self, report):
         entries = self.config.stash[entries_key]
         entry = entries.setdefault(report.nodeid, {"checks": [], "reports": []})
         entry["reports"].append(report)
+        if report.when == "call":
+            self.figures += [(x.get("name", ""), x["content"]) for x in getattr(report, "extras", [])
+                             if x.get("format_type") == "image" and x.get("extension") == "png"]
         for name, value in report.user_properties:
             if name == PROPERTY and report.when in ("call", "setup"):
                 entry["checks"] = json.loads(value)
@@ -273,7 +300,7 @@ class ReportCollector:
     def pytest_sessionfinish(self, session, exitstatus):
         config = self.config
         settings = config.stash[settings_key]
-        if hasattr(config, "workerinput") or not settings.json:
+        if hasattr(config, "workerinput"):
             return  # xdist workers: the controller writes the report
         entries = {
             nodeid: {"nodeid": nodeid, "outcome": outcome_of(e["reports"]), "checks": e["checks"]}
@@ -286,7 +313,38 @@ class ReportCollector:
         run.update(config.stash[run_key])
         if run.get("torch_version") is None:
             run["torch_version"] = _installed_version("torch")
-        write_atomic(settings.json, dumps(build_document(run, entries)))
+        self.document = build_document(run, entries)
+        if settings.compare:
+            from .compare import compare, load_run, parse_rules
+
+            rules = parse_rules(settings.compare_fail) if settings.compare_fail else ()
+            rows, self.regressions = compare(load_run(settings.compare), self.document, rules)
+            self.comparison = (settings.compare, rows)
+            if self.regressions and session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if settings.json:
+            write_atomic(settings.json, dumps(self.document))
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_html_results_summary(self, prefix, summary, postfix, session):
+        from .summary import pick_figures, summary_html
+
+        if self.document is None:
+            return
+        entries = {t["nodeid"]: t for t in self.document["tests"]}
+        prefix.append(summary_html(self.document, entries, pick_figures(self.figures), self.comparison))
+
+    def pytest_terminal_summary(self, terminalreporter):
+        settings = self.config.stash[settings_key]
+        if self.comparison is not None:
+            old, rows = self.comparison
+            terminalreporter.write_sep("-", f"padbias: {len(rows)} checks compared with {old}")
+            for r in rows:
+                terminalreporter.write_line(f"{r['check']:<28} {r['old']:>12.6g} -> {r['new']:<12.6g} {r['verdict']}  {r['nodeid']}")
+            for line in self.regressions:
+                terminalreporter.write_line(f"REGRESSION: {line}", red=True, bold=True)
+        if settings.json and self.document is not None:
+            terminalreporter.write_sep("-", f"padbias JSON: {settings.json}")
 
 
 def _installed_version(dist):

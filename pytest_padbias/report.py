@@ -51,6 +51,43 @@ def build_document(run: dict, entries: dict[str, dict]) -> dict:
     return doc
 
 
+def _slug(text: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "model"
+
+
+def report_basename(folder, model: str, input_size, weights: str) -> Path:
+    """``folder/padbias-<model>-<HxW>[-<weights>]`` without suffix, made unique against
+    reports of another model already in the folder (never overwrite someone else's)."""
+    size = "x".join(map(str, input_size)) if input_size else "default-size"
+    name = f"padbias-{_slug(model)}-{size}"
+    if weights != "default":
+        name += f"-{_slug(Path(weights).stem if weights != 'none' else 'random-init')}"
+    folder = Path(folder)
+    candidate, n = folder / name, 1
+    while not _same_model(candidate, model):
+        n += 1
+        candidate = folder / f"{name}-{n}"
+    return candidate
+
+
+def with_suffix(base: Path, suffix: str) -> Path:
+    # Not Path.with_suffix: model specs such as "tiny.py:model" put dots in the name.
+    return base.parent / (base.name + suffix)
+
+
+def _same_model(base: Path, model: str) -> bool:
+    """True when the report files at ``base`` are free or belong to ``model``."""
+    json_path, html_path = with_suffix(base, ".json"), with_suffix(base, ".html")
+    if not json_path.exists():
+        return not html_path.exists()
+    try:
+        return json.loads(json_path.read_text(encoding="utf-8")).get("model") == model
+    except (OSError, ValueError):
+        return False
+
+
 def write_atomic(path: str | os.PathLike, text: str) -> None:
     """Write via a temporary file in the same folder and rename, so a killed run never
     leaves half a report behind."""

@@ -6,15 +6,6 @@ import sys
 import pytest
 import torch
 
-# pytester's in-process runs drop modules first imported during a run; extension
-# modules (numpy's) cannot be imported twice, so import what the plugin loads lazily now.
-import matplotlib.figure  # noqa: F401
-import numpy  # noqa: F401
-import safetensors.torch  # noqa: F401
-import skimage.data  # noqa: F401
-import torchvision  # noqa: F401
-import pytest_padbias.models  # noqa: F401
-import pytest_padbias.uneven_padding  # noqa: F401
 
 TINY = """
 import torch.nn as nn
