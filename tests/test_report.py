@@ -152,3 +152,16 @@ def test_page_in_headless_chromium(project, self_contained, tmp_path_factory):
             pixels = decode_png((page_path.parent / img["src"].split("/reports/", 1)[1]).read_bytes())
         assert pixels.std() > 0.01, "blank image"
     assert decode_png(shot).std() > 0.01
+
+
+def test_json_follows_the_published_schema(project):
+    jsonschema = pytest.importorskip("jsonschema")
+    from importlib.resources import files
+
+    schema = json.loads(files("pytest_padbias").joinpath("report.schema.json").read_text())
+    _, doc = run_json(project, "run.json", "--padbias-input-size=32")
+    jsonschema.validate(doc, schema)
+    assert doc["tests"][0]["checks"][0]["passed"] is False
+    doc["tests"][0]["checks"][0]["value"] = "5"  # a number written as a string must be caught
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, schema)
