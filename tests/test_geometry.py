@@ -219,3 +219,16 @@ def test_foveation_with_circular_padding_is_flat():
                           nn.Conv2d(3, 3, 3, padding=1, padding_mode="circular"))
     counts, ratio = foveation_map(model, (10, 10))
     assert torch.all(counts == 81) and ratio == pytest.approx(1.0)
+
+
+def test_zero_pad_module_is_folded_into_the_strided_conv():
+    model = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(3, 4, 3, stride=2))
+    # TF-style: pad one row/column after the input only, then an unpadded stride-2 conv.
+    r = only(trace_padding(model, (8, 8)))
+    assert r.layer == "1" and r.pad_read == (0, 1, 0, 1) and r.uneven
+
+
+def test_reflection_pad_module_feeding_a_pool_keeps_its_mode():
+    model = nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReflectionPad2d(1), nn.MaxPool2d(3, stride=2))
+    pool = trace_padding(model, (9, 9))[1]
+    assert pool.op == "max_pool2d" and pool.mode == "reflect" and pool.pad_read == (1, 1, 1, 1) and not pool.uneven
