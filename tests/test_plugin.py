@@ -272,3 +272,44 @@ def test_stacked_gates_all_run(project):
     checks = json.loads(out.read_text())["tests"][0]["checks"]
     assert [c["passed"] for c in checks] == [True, False] or [c["passed"] for c in checks] == [False, True]
     assert sorted(c["details"]["input_size"] for c in checks) == [[32, 32], [33, 33]]
+
+
+PAN_MODEL = """
+import torch, torch.nn as nn
+
+class Constant(nn.Module):
+    def forward(self, x):
+        return torch.ones_like(x)
+
+def top_detector():
+    # On a constant input, channel 0 (the row above each pixel) is 0 on the top row, where
+    # that row is zero padding, and 3 everywhere inside: a padding-aware neuron. Channel 1
+    # reads only the centre tap: constant everywhere, not one.
+    conv = nn.Conv2d(3, 2, 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, :, 0, :] = 1.0
+        conv.weight[1, :, 1, 1] = 1.0
+    return nn.Sequential(Constant(), conv, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+"""
+
+
+@pytest.mark.parametrize("limit, outcome", [(0.5, "passed"), (0.0, "failed")])
+def test_max_pans_gate_through_the_plugin(pytester, limit, outcome):
+    import pytest_padbias.pans  # noqa: F401  (keep it loaded across pytester runs)
+
+    pytester.makepyfile(pan_model=PAN_MODEL, test_pans=f"""
+from pytest_padbias import padbias
+
+@padbias.max_pans({limit})
+def test_pans():
+    pass
+""")
+    out = pytester.path / "run.json"
+    result = pytester.runpytest("--padbias-model=pan_model.py:top_detector", "--padbias-images=4",
+                                "--padbias-input-size=32", f"--padbias-json={out}", "-p", "no:cacheprovider")
+    result.assert_outcomes(**{outcome: 1})
+    (check,) = json.loads(out.read_text())["tests"][0]["checks"]
+    assert check["check"] == "max_pans" and check["value"] == 0.5 and check["limit"] == limit
+    if outcome == "failed":
+        result.stdout.fnmatch_lines(["*@padbias.max_pans failed*0*"])
