@@ -10,10 +10,10 @@ from pytest_padbias.result import CheckResult, GateContext
 from pytest_padbias.uneven_padding import no_uneven_padding_check
 
 
-def claim(name, passed, paper, measured, summary, figures=(), **details):
+def claim(name, passed, paper, measured, summary, source, figures=(), **details):
     return CheckResult(check=name, passed=bool(passed), value=float(measured) if isinstance(measured, (int, float)) else float(passed),
-                       limit=None, details={"paper": paper, "measured": measured, **details}, summary=summary,
-                       figures=list(figures))
+                       limit=None, details={"paper": paper, "measured": measured, "source": source, **details},
+                       summary=summary, figures=list(figures))
 
 
 def test_default_size_pads_unevenly(padbias_model, padbias_input_size, padbias_record):
@@ -26,6 +26,7 @@ def test_default_size_pads_unevenly(padbias_model, padbias_input_size, padbias_r
         "claim: uneven padding at the default size", bool(uneven),
         paper="ResNet-50 and MobileNetV2 at 224x224: every stride-2 layer pads unevenly",
         measured=len(uneven), summary=f"{len(uneven)} uneven ops at {padbias_input_size[0]}x{padbias_input_size[1]}",
+        source="Mind the Pad slides (001), 'uneven padding'; report (000) Sec. 3",
         figures=result.figures, layers=[u["layer"] for u in uneven],
     ))
     assert uneven, f"no layer pads unevenly at {padbias_input_size}: the paper's claim does not apply to this model"
@@ -42,6 +43,7 @@ def test_suggested_size_pads_evenly(padbias_model, padbias_input_size, padbias_r
         "claim: the suggested size pads evenly", not remaining, paper="224 -> 225 for ResNet-50 and MobileNetV2",
         measured=f"{padbias_input_size[0]}x{padbias_input_size[1]} -> {above[0]}x{above[1]}",
         summary=f"nearest even size above the default: {above[0]}x{above[1]}", nearest=nearest,
+        source="Mind the Pad slides (001), ImageNet 224 vs 225 table",
     ))
     assert not remaining
 
@@ -58,6 +60,7 @@ def test_even_sizes_are_spaced_by_the_total_stride(padbias_model, padbias_record
         "claim: even sizes every 2^d pixels", regular,
         paper="sizes k * 2^d + 1 (e.g. 225 = 7 * 32 + 1 for 5 stride-2 layers)", measured=sizes[:8],
         summary=f"even sizes in 32..512, {step} apart: {sizes[:6]}...",
+        source="reading notes (003): 2^d + 1 sizes",
     ))
     assert regular, f"even sizes are not k * 2^d + 1 with one step: {sizes[:8]}"
 
@@ -82,5 +85,6 @@ def test_zero_padding_marginalises_the_periphery(padbias_model, padbias_input_si
     padbias_record(claim(
         "claim: foveation under zero padding", ratio < 1.0, paper="periphery used less than the centre",
         measured=round(ratio, 4), summary=f"periphery/centre path ratio {ratio:.3f}",
+        source="Mind the Pad slides (001), 'mild foveation'",
     ))
     assert ratio < 1.0
