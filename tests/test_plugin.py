@@ -298,7 +298,7 @@ def top_detector():
 def test_max_pans_gate_through_the_plugin(pytester, limit, outcome):
     import pytest_padbias.pans  # noqa: F401  (keep it loaded across pytester runs)
 
-    pytester.makepyfile(pan_model=PAN_MODEL, test_pans=f"""
+    pytester.makepyfile(pan_model=PAN_MODEL, test_pan_gate_inner=f"""
 from pytest_padbias import padbias
 
 @padbias.max_pans({limit})
