@@ -222,6 +222,7 @@ def pytest_runtest_call(item):
         device=str(next((p.device for p in model.parameters()), "cpu")), seed=settings.seed,
         max_examples=settings.max_examples, derandomize=_in_ci(), score_fn=item.funcargs["padbias_score"],
         categories=getattr(_weights_meta(config, model), "categories", None),
+        extras=_normalisation(config, model),
     )
     from .gates import gate_functions
 
@@ -239,6 +240,12 @@ def pytest_runtest_call(item):
     if failures:
         pytest.fail("\n".join(failures), pytrace=False)
     return result
+
+
+def _normalisation(config, model) -> dict:
+    """The mean/std the built-in weights expect; gates fall back to ImageNet's."""
+    loaded = _weights_meta(config, model)
+    return {"mean": loaded.mean, "std": loaded.std} if loaded is not None else {}
 
 
 def _in_ci() -> bool:

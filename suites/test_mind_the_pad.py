@@ -88,3 +88,73 @@ def test_zero_padding_marginalises_the_periphery(padbias_model, padbias_input_si
         source="Mind the Pad slides (001), 'mild foveation'",
     ))
     assert ratio < 1.0
+
+
+def test_uneven_padding_skews_the_mean_filters_of_strided_layers(padbias_model, padbias_input_size, padbias_settings,
+                                                                 padbias_record):
+    """Claim: strided layers that pad unevenly learn mean kernels whose mass leans away from
+    the padded side, while other layers stay nearly symmetric (slides, 'Uneven padding =>
+    skewed filters', 'Padding Mode and Symmetry of Average Filter')."""
+    import pytest
+
+    from pytest_padbias.artifacts import kernel_skew, kernel_skew_figure, skew_summary
+
+    if padbias_settings.weights == "none":
+        pytest.skip("filters are skewed by training: this claim needs trained weights (--padbias-weights is none)")
+    skews = kernel_skew(padbias_model, padbias_input_size)
+    summary = skew_summary(skews)
+    uneven, stride1 = summary["mean_score_uneven_strided"], summary["mean_score_stride_1"]
+    if uneven is None or stride1 is None:
+        pytest.skip(f"no strided layer pads unevenly at {padbias_input_size}, or no stride-1 layer to compare with")
+    padbias_record(claim(
+        "claim: uneven strided layers have skewed mean filters", uneven > stride1,
+        paper="mean filters of uneven strided layers are asymmetric", measured=f"skew {uneven:.3f} vs {stride1:.3f} (stride 1)",
+        summary=f"mean-kernel skew: {uneven:.3f} in uneven strided layers, {stride1:.3f} in stride-1 layers",
+        source="Mind the Pad slides (001), 'skewed filters'", figures=[kernel_skew_figure(skews)], **summary,
+    ))
+    assert uneven > stride1, f"uneven strided layers skew {uneven:.3f}, no more than stride-1 layers ({stride1:.3f})"
+
+
+def test_zero_padding_makes_line_artifacts_that_mirror_padding_reduces(padbias_model, padbias_input_size, padbias_record):
+    """Claim: under zero padding the mean feature maps show lines along the borders, even for
+    a constant input; mirror padding reduces them (slides, 'Feature maps under 0-padding /
+    under mirror padding'; reading notes 003: from the second conv on)."""
+    from pytest_padbias.artifacts import line_artifact_figure, line_artifacts
+
+    zero = line_artifacts(padbias_model, padbias_input_size)
+    mirror = line_artifacts(padbias_model, padbias_input_size, padding_mode="reflect")
+
+    def mean_score(result):
+        scores = [s for _layer, s in result.by_depth("zeros") if s is not None]
+        return sum(scores) / len(scores)
+
+    z, m = mean_score(zero), mean_score(mirror)
+    padbias_record(claim(
+        "claim: zero padding makes line artifacts, mirror reduces them", z > m,
+        paper="border lines in mean feature maps under zero padding, far weaker under mirror padding",
+        measured=f"mean artifact score on a constant input {z:.3f} (zeros) vs {m:.3f} (reflect)",
+        summary=f"line-artifact score {z:.3f} under zero padding, {m:.3f} under reflect",
+        source="Mind the Pad slides (001), 'line artifacts'", figures=[line_artifact_figure([zero, mirror])],
+    ))
+    assert z > m
+
+
+def test_stimulus_detectability_varies_with_location(padbias_model, padbias_input_size, padbias_settings, padbias_record):
+    """Claim: how well a small object is detected depends on where it is; near the borders
+    it can fall to a blind spot (slides, 'blind spots'; report's SSD section)."""
+    import pytest
+
+    from pytest_padbias.blindspots import detectability_figure, detectability_map
+
+    if padbias_settings.weights == "none":
+        pytest.skip("detectability needs a trained model (--padbias-weights is none)")
+    result = detectability_map(padbias_model, padbias_input_size, seed=padbias_settings.seed)
+    ratio = result.min_median_ratio
+    padbias_record(claim(
+        "claim: detectability varies with location", ratio < 0.9,
+        paper="blind spots near the borders (SSD: zero vs mirror padding AP 80.24% vs 83.20%)",
+        measured=f"min/median detectability {ratio:.3f}, {len(result.regions)} region(s) below half the median",
+        summary=f"min/median detectability {ratio:.3f}", source="Mind the Pad slides (001); report (000) SSD section",
+        figures=[detectability_figure([result])], regions=[r.to_json() for r in result.regions],
+    ))
+    assert ratio < 0.9, f"detectability is nearly uniform (min/median {ratio:.3f})"
