@@ -64,6 +64,8 @@ def test_markers_are_registered_with_help(pytester):
     ("--padbias-images=0", "*--padbias-images must be an integer >= 1*"),
     ("--padbias-weights=weights.txt", "*use default, none, or a path to a .pth/.pt/.safetensors*"),
     ("--padbias-weights=missing.pth", "*weights file missing.pth does not exist*"),
+    ("--padbias-compare-fail=pans+1", "*'pans+1' is not a comparison rule; use CHECK:+X% or CHECK:-X*"),
+    ("--padbias-compare=nothing.json", "*comparison file nothing.json does not exist*"),
 ])
 def test_bad_option_values_are_usage_errors(pytester, option, message):
     result = pytester.runpytest(option)

@@ -93,16 +93,6 @@ def test_percent_rules_on_fractions_are_percentage_points():
     assert len(failures) == 2 and "max_pans of t went from 0.02 to 0.024" in failures[0]
 
 
-@pytest.mark.parametrize("option, message", [
-    ("--padbias-compare-fail=pans+1", "*'pans+1' is not a comparison rule; use CHECK:+X% or CHECK:-X*"),
-    ("--padbias-compare=nothing.json", "*comparison file nothing.json does not exist*"),
-])
-def test_bad_comparison_options_are_usage_errors(pytester, option, message):
-    result = pytester.runpytest(option)
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([message])
-
-
 def decode_png(data: bytes):
     from matplotlib.image import imread
 
