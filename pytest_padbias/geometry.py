@@ -91,9 +91,8 @@ def _replays(trace: Trace, other: Trace) -> bool:
 def _replay(trace: Trace, input_size, keep_all=False) -> list[PaddingRecord]:
     h, w = input_size
     sizes: dict[int, tuple[int, ...]] = {INPUT: (h, w)}
-    consumers: dict[int, int] = {}
-    for op in trace.ops:
-        consumers[op.parent] = consumers.get(op.parent, 0) + 1
+    folds = _pad_folds(trace)
+    absorbed = {pad.index for pad in folds.values()}
     records = []
     for op in trace.ops:
         parent_size = sizes[op.parent]
@@ -109,18 +108,14 @@ def _replay(trace: Trace, input_size, keep_all=False) -> list[PaddingRecord]:
             if min(out) < 1:
                 raise PadbiasError(f"input size {h}x{w} is too small: layer {op.layer or '<model>'} crops it away")
             sizes[op.index] = out
-            folded = consumers.get(op.index, 0) == 1 and _feeds_window(trace, op.index)
-            if keep_all or not folded:
+            if keep_all or op.index not in absorbed:
                 reads = tuple((b, a) for b, a in op.padding)
                 records.append(_record(op, in_size, out, reads, (0,) * n, op.mode))
             continue
         pads, mode, source_size = op.padding, op.mode, in_size
-        parent = trace.ops[op.parent] if op.parent != INPUT else None
-        if parent is not None and parent.op == "pad" and consumers.get(parent.index, 0) == 1:
-            # Fold an explicit pad into the op that reads it (padding_mode != zeros and
-            # TF-style 'same' both pad first, then run the op unpadded).
-            pads = tuple((pb + b, pa + a) for (pb, pa), (b, a) in zip(parent.padding, op.padding))
-            mode = parent.mode
+        parent = folds.get(op.index)
+        if parent is not None:
+            pads, mode = _folded_pads(parent, op), parent.mode
             source_size = tuple(sizes[parent.parent][-n:])
         out, reads, dropped = [], [], []
         for i in range(n):
@@ -139,8 +134,20 @@ def _replay(trace: Trace, input_size, keep_all=False) -> list[PaddingRecord]:
     return records
 
 
-def _feeds_window(trace, index):
-    return any(o.parent == index and o.op in WINDOW_OPS for o in trace.ops)
+def _pad_folds(trace: Trace) -> dict:
+    """Window op index -> the explicit pad op it alone reads. Such a pad is folded into
+    the op (padding_mode != zeros and TF-style 'same' both pad first, then run the op
+    unpadded), so the op is judged on all the padding it reads."""
+    consumers: dict[int, int] = {}
+    for op in trace.ops:
+        consumers[op.parent] = consumers.get(op.parent, 0) + 1
+    return {op.index: trace.ops[op.parent] for op in trace.ops
+            if op.op in WINDOW_OPS and op.parent != INPUT and trace.ops[op.parent].op == "pad"
+            and consumers[op.parent] == 1}
+
+
+def _folded_pads(pad, op):
+    return tuple((pb + b, pa + a) for (pb, pa), (b, a) in zip(pad.padding, op.padding))
 
 
 def _record(op, in_size, out_size, reads, dropped, mode) -> PaddingRecord:
@@ -210,22 +217,19 @@ def _steps(trace):
     """The replay of :func:`_replay` flattened to tuples, built once per trace: for each
     op, (index, source, kind, per-axis (before, after, k, s, d), ceil)."""
     if trace.steps is None:
-        consumers: dict[int, int] = {}
-        for op in trace.ops:
-            consumers[op.parent] = consumers.get(op.parent, 0) + 1
+        folds = _pad_folds(trace)
+        absorbed = {pad.index for pad in folds.values()}
         steps = []
         for op in trace.ops:
             if op.op in ("fixed", "opaque"):
                 steps.append((op.index, op.parent, "fixed", op.traced_out, False))
             elif op.op == "pad":
-                folded = consumers.get(op.index, 0) == 1 and _feeds_window(trace, op.index)
-                steps.append((op.index, op.parent, "pad_folded" if folded else "pad", op.padding, False))
+                steps.append((op.index, op.parent, "pad_folded" if op.index in absorbed else "pad", op.padding, False))
             else:
                 pads, source = op.padding, op.parent
-                parent = trace.ops[op.parent] if op.parent != INPUT else None
-                if parent is not None and parent.op == "pad" and consumers.get(parent.index, 0) == 1:
-                    pads = tuple((pb + b, pa + a) for (pb, pa), (b, a) in zip(parent.padding, op.padding))
-                    source = parent.parent
+                parent = folds.get(op.index)
+                if parent is not None:
+                    pads, source = _folded_pads(parent, op), parent.parent
                 axes = tuple((pads[i][0], pads[i][1], op.kernel[i], op.stride[i], op.dilation[i]) for i in range(len(pads)))
                 steps.append((op.index, source, "window", axes, op.ceil_mode))
         trace.steps = steps

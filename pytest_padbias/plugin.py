@@ -217,12 +217,14 @@ def pytest_runtest_call(item):
     config = item.config
     settings = config.stash[settings_key]
     model = item.funcargs["padbias_model"]
+    # The built-in weights' class names and normalisation; None for a user's own model.
+    loaded = _weights_meta(config, model)
     ctx = GateContext(
         model=model, images=item.funcargs["padbias_images"], input_size=tuple(item.funcargs["padbias_input_size"]),
         device=str(next((p.device for p in model.parameters()), "cpu")), seed=settings.seed,
         max_examples=settings.max_examples, derandomize=_in_ci(), score_fn=item.funcargs["padbias_score"],
-        categories=getattr(_weights_meta(config, model), "categories", None),
-        extras=_normalisation(config, model),
+        categories=loaded.categories if loaded else None,
+        extras={"mean": loaded.mean, "std": loaded.std} if loaded else {},
     )
     from .gates import gate_functions
 
@@ -240,12 +242,6 @@ def pytest_runtest_call(item):
     if failures:
         pytest.fail("\n".join(failures), pytrace=False)
     return result
-
-
-def _normalisation(config, model) -> dict:
-    """The mean/std the built-in weights expect; gates fall back to ImageNet's."""
-    loaded = _weights_meta(config, model)
-    return {"mean": loaded.mean, "std": loaded.std} if loaded is not None else {}
 
 
 def _in_ci() -> bool:

@@ -12,6 +12,7 @@ paths from each input pixel to the last feature map (the foveation map).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -260,7 +261,7 @@ def trace_spatial_ops(model, input_size, in_channels=None, foveation=False, devi
         fov_input = torch.ones((1, 1) + shape[2:], requires_grad=True)
         set_shadow(x, fov_input)
     try:
-        with torch.no_grad() if not foveation else _nullcontext():
+        with torch.no_grad() if not foveation else contextlib.nullcontext():
             state = {k: torch.empty_like(v, device=device) for k, v in _named_tensors(model)}
             # The model's own warnings (e.g. torch on even-kernel 'same' padding) say
             # nothing about this analysis; keep them out of the user's warning filters.
@@ -281,14 +282,6 @@ def trace_spatial_ops(model, input_size, in_channels=None, foveation=False, devi
         last_shadow[0].sum().backward()
         trace.foveation = fov_input.grad[0, 0].detach()
     return trace
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _named_tensors(model):
