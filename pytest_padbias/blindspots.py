@@ -135,7 +135,7 @@ def no_blind_spot_arguments(ratio=0.5, stride=None, stimulus=None, min_area=1) -
     what is accepted. Checks that need the model (stimulus channels, size against the
     input) happen in :func:`detectability_map`.
     """
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float, np.floating, np.integer)) or not 0 < float(ratio) < 1:
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float, np.floating, np.integer)) or not 0 < ratio < 1:  # no float(): 10**400 overflows
         raise PadbiasError(f"no_blind_spot: ratio={ratio!r} is not accepted; give a number strictly between 0 and 1 (default 0.5)")
     if stride is not None and (not _is_int(stride) or stride < 1):
         raise PadbiasError(f"no_blind_spot: stride={stride!r} is not accepted; give a positive integer number of pixels or None for the default")
@@ -207,9 +207,14 @@ def _make_scorer(model, score_fn, target_class):
 
     def score(batch):
         logits = model(batch)
-        if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
-            kind = type(logits).__name__ if not isinstance(logits, torch.Tensor) else f"a tensor of shape {tuple(logits.shape)}"
-            raise PadbiasError(f"the model returned {kind}, not [N, classes] logits; give a score_fn (padbias_score) for models that are not classifiers")
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != batch.shape[0] or logits.shape[1] < 2:
+            from .model_checks import not_logits
+
+            raise PadbiasError(not_logits(logits))
+        finite = torch.isfinite(logits).all(dim=1)
+        if not bool(finite.all()):
+            raise PadbiasError(f"the model returned NaN or infinite logits for {int((~finite).sum())} of {batch.shape[0]} "
+                               "stimulus placements; detectability needs finite outputs (check the weights and the input normalisation)")
         if not isinstance(target_class, slice) and not 0 <= target_class < logits.shape[1]:
             raise PadbiasError(f"target class {target_class} is not among the model's {logits.shape[1]} classes")
         return logits.float().softmax(dim=1)[:, target_class].cpu().numpy()
@@ -499,11 +504,18 @@ def no_blind_spot_check(ctx: GateContext, ratio=0.5, stride=None, stimulus=None,
     value = min/median detectability, limit = ``ratio``. The figure shows the map with
     its regions outlined beside the map under reflect padding.
     """
+    from .resources import forward_batch_size, gate_budget
+
     args = no_blind_spot_arguments(ratio, stride, stimulus, min_area)
+    # Placements per forward pass: the sweep's default within --padbias-max-memory, refused
+    # before any forward pass when a single placement does not fit.
+    size = (int(ctx.input_size[0]), int(ctx.input_size[1]))
+    default = default_batch_size(size, _model_device_dtype(ctx.model)[0].type)
+    batch = forward_batch_size(ctx.model, size, default, gate_budget(ctx), default=default)
     common = dict(
         stimulus=args["stimulus"], stride=args["stride"], ratio=args["ratio"], min_area=args["min_area"],
         score_fn=ctx.score_fn, categories=ctx.categories, seed=ctx.seed,
-        mean=ctx.extras.get("mean"), std=ctx.extras.get("std"),
+        mean=ctx.extras.get("mean"), std=ctx.extras.get("std"), batch_size=batch,
     )
     own = detectability_map(ctx.model, ctx.input_size, **common)
     try:

@@ -119,7 +119,8 @@ def _replay(trace: Trace, input_size, keep_all=False) -> list[PaddingRecord]:
             source_size = tuple(sizes[parent.parent][-n:])
         out, reads, dropped = [], [], []
         for i in range(n):
-            res = axis_read(source_size[i], pads[i][0], pads[i][1], op.kernel[i], op.stride[i], op.dilation[i], op.ceil_mode)
+            res = axis_read(source_size[i], pads[i][0], pads[i][1], op.kernel[i], op.stride[i], op.dilation[i], op.ceil_mode,
+                            op.padding[i][1] if parent is not None else None)
             if res is None:
                 raise PadbiasError(
                     f"input size {h}x{w} is too small for the model: layer {op.layer or '<model>'} ({op.op}, kernel "
@@ -215,7 +216,7 @@ def even_sizes(model, low: int = 32, high: int = 1024) -> list[int]:
 
 def _steps(trace):
     """The replay of :func:`_replay` flattened to tuples, built once per trace: for each
-    op, (index, source, kind, per-axis (before, after, k, s, d), ceil)."""
+    op, (index, source, kind, per-axis (before, after, k, s, d, own_after), ceil)."""
     if trace.steps is None:
         folds = _pad_folds(trace)
         absorbed = {pad.index for pad in folds.values()}
@@ -230,7 +231,8 @@ def _steps(trace):
                 parent = folds.get(op.index)
                 if parent is not None:
                     pads, source = _folded_pads(parent, op), parent.parent
-                axes = tuple((pads[i][0], pads[i][1], op.kernel[i], op.stride[i], op.dilation[i]) for i in range(len(pads)))
+                axes = tuple((pads[i][0], pads[i][1], op.kernel[i], op.stride[i], op.dilation[i],
+                              op.padding[i][1] if parent is not None else None) for i in range(len(pads)))
                 steps.append((op.index, source, "window", axes, op.ceil_mode))
         trace.steps = steps
     return trace.steps
@@ -251,8 +253,8 @@ def _replay_even(trace, size) -> bool:
             continue
         src = src[-len(params):]
         out = []
-        for n_in, (before, after, k, s, d) in zip(src, params):
-            res = axis_read(n_in, before, after, k, s, d, ceil)
+        for n_in, (before, after, k, s, d, own_after) in zip(src, params):
+            res = axis_read(n_in, before, after, k, s, d, ceil, own_after)
             if res is None or res[1] != res[2] or res[3]:
                 return False
             out.append(res[0])
@@ -285,12 +287,14 @@ def foveation_map(model, input_size):
     if trace.foveation is None:
         raise PadbiasError("the model has no convolution or pooling op, so foveation is undefined")
     counts = trace.foveation
+    counts = counts[None] if counts.dim() == 1 else counts  # a Conv1d model: one row [1, W]
     return counts, periphery_ratio(counts)
 
 
 def periphery_ratio(counts) -> float:
+    counts = counts[None] if counts.dim() == 1 else counts
     h, w = counts.shape
-    bh, bw = max(1, h // 10), max(1, w // 10)
+    bh, bw = (max(1, h // 10) if h > 1 else 0), max(1, w // 10)  # one row (1-D): only its two ends
     border = counts.clone()
     border[bh : h - bh, bw : w - bw] = float("nan")
     centre = counts[h // 4 : h - h // 4, w // 4 : w - w // 4]

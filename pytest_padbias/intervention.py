@@ -75,11 +75,14 @@ def compare_outputs(original, variant, categories=None, top: int = 10) -> dict:
 
 
 def pan_reflect_experiment(model, images, census, theta: float = 0.5, seed: int = 0, mode: str = "reflect",
-                           categories=None, top: int = 10, chunk_size: int | None = None) -> dict:
+                           categories=None, top: int = 10, chunk_size: int | None = None, budget: int | None = None) -> dict:
     """Original vs PAN-``mode`` vs RAND-``mode`` vs all-``mode`` on ``images`` (paper §4).
 
     ``census`` is a :class:`~pytest_padbias.pans.PanCensus` of ``model``; PANs are its
     neurons with a PAN border at ``theta``. The model is restored before returning.
+    ``chunk_size`` images per forward pass; when None and a ``budget`` in bytes is given
+    (``--padbias-max-memory``), as many as fit it (:func:`pytest_padbias.resources.plan_chunks`,
+    refused before any forward pass when one image does not fit); else all at once.
     """
     import numpy as np
 
@@ -90,6 +93,10 @@ def pan_reflect_experiment(model, images, census, theta: float = 0.5, seed: int 
     for row in np.nonzero(is_pan)[0].tolist():
         pan_channels.setdefault(census.layers[int(census.layer_index[row])].name, []).append(int(census.channel[row]))
     control = random_control(census, pan_channels, seed)
+    if chunk_size is None and budget is not None:
+        from .resources import forward_batch_size
+
+        chunk_size = forward_batch_size(model, tuple(images.shape[-2:]), int(images.shape[0]), budget)
     was_training = model.training
     model.eval()
     try:

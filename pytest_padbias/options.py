@@ -16,6 +16,7 @@ import pytest
 DEFAULT_MODEL = "mobilenet_v2"
 DEVICES = ("cpu", "cuda", "auto")
 WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors")
+MAX_SIDE = 2**20  # pixels per side of --padbias-input-size
 
 
 def parse_input_size(text: str) -> tuple[int, int]:
@@ -23,10 +24,14 @@ def parse_input_size(text: str) -> tuple[int, int]:
     m = re.fullmatch(r"\s*(-?\d+)\s*(?:[xX×,]\s*(-?\d+))?\s*", str(text))
     if not m:
         raise argparse.ArgumentTypeError(f"{text!r} is not an input size; use H or HxW with positive integers, e.g. 225 or 225x321")
+    if max(len(g.lstrip("-").lstrip("0")) for g in m.groups() if g is not None) > 7:  # int() refuses > 4300 digits
+        raise argparse.ArgumentTypeError(f"{str(text)[:20]!r}... is too large an input size; use at most {MAX_SIDE} per side")
     h = int(m.group(1))
     w = int(m.group(2)) if m.group(2) is not None else h
     if h < 1 or w < 1:
         raise argparse.ArgumentTypeError(f"input size {h}x{w} must be positive; use H or HxW with positive integers, e.g. 225")
+    if max(h, w) > MAX_SIDE:
+        raise argparse.ArgumentTypeError(f"input size {h}x{w} is too large; use at most {MAX_SIDE} per side")
     return h, w
 
 
@@ -60,7 +65,11 @@ def parse_weights(text: str) -> str:
         raise argparse.ArgumentTypeError(
             f"{value!r} is not accepted; use default, none, or a path to a {'/'.join(WEIGHT_SUFFIXES)} weights file"
         )
-    if not path.is_file():
+    try:
+        is_file = path.is_file()
+    except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL byte
+        raise argparse.ArgumentTypeError(f"weights file {value[:80]!r} is not a usable path ({exc.__class__.__name__})") from None
+    if not is_file:
         raise argparse.ArgumentTypeError(f"weights file {value} does not exist")
     return value
 
@@ -79,6 +88,19 @@ def parse_path(text: str) -> str:
     return value
 
 
+def parse_dataset(text: str) -> str:
+    value = str(text).strip()
+    if not value:
+        raise argparse.ArgumentTypeError("the dataset path is empty; give an ImageFolder (one sub-folder of images per class)")
+    try:
+        is_dir = Path(value).is_dir()
+    except (OSError, ValueError) as exc:  # e.g. a name longer than the file system allows, or a NUL byte
+        raise argparse.ArgumentTypeError(f"dataset folder {value[:80]!r} is not a usable path ({exc.__class__.__name__})") from None
+    if not is_dir:
+        raise argparse.ArgumentTypeError(f"dataset folder {value} does not exist; give an ImageFolder (one sub-folder of images per class)")
+    return value
+
+
 def parse_compare(text: str) -> str:
     from .compare import load_run
 
@@ -91,6 +113,12 @@ def parse_compare_fail(text: str) -> str:
 
     parse_rules(text)
     return str(text)
+
+
+def parse_max_memory(text: str) -> str:
+    from .resources import parse_max_memory as parse
+
+    return parse(text)
 
 
 #: name -> (parser, default, help). The parser raises ArgumentTypeError on bad values.
@@ -107,6 +135,11 @@ OPTIONS = {
     "seed": (_int_at_least(0, "--padbias-seed"), 0, "seed for images, shifts, hypothesis and random controls (default: 0)"),
     "images": (_int_at_least(1, "--padbias-images"), 32, "number of natural photographs in padbias_images (default: 32)"),
     "max-examples": (_int_at_least(1, "--padbias-max-examples"), 50, "hypothesis examples per shift search (default: 50)"),
+    "dataset": (parse_dataset, None,
+                "labelled images for the accuracy claims: an ImageFolder (one sub-folder per class, named after the "
+                "weights' categories or ImageNet's n01440764... folders), e.g. an ImageNet validation folder"),
+    "dataset-limit": (_int_at_least(0, "--padbias-dataset-limit"), 0,
+                      "use at most this many images of --padbias-dataset, drawn with the seed across classes (0 = all)"),
     "json": (parse_path, None, "write the gate and claim results as JSON to this path"),
     "report-dir": (parse_path, None,
                    "write the HTML report (with pytest-html) and the JSON to this folder, named after the model, "
@@ -115,6 +148,9 @@ OPTIONS = {
     "compare-fail": (parse_compare_fail, None,
                      "with --padbias-compare, fail on regressions beyond these bounds, e.g. pans:+0.5%,consistency:-2% "
                      "(X% of a fraction = X percentage points)"),
+    "max-memory": (parse_max_memory, "auto",
+                   "memory the analyses may use, e.g. 8GiB or 512MiB; they run in chunks that fit, and a request "
+                   "that cannot fit fails before it starts (default: auto, half the memory available)"),
 }
 
 
@@ -129,10 +165,13 @@ class Settings:
     seed: int = 0
     images: int = 32
     max_examples: int = 50
+    dataset: str | None = None
+    dataset_limit: int = 0
     json: str | None = None
     report_dir: str | None = None
     compare: str | None = None
     compare_fail: str | None = None
+    max_memory: str = "auto"
     html: str | None = None
     explicit_model: bool = False
 

@@ -13,8 +13,11 @@ class _Captured(Exception):
     """Raised by the capture hook to stop the forward pass once the layer has run."""
 
 
-def neuron_activations(model, images, layer: str, channel: int) -> dict:
-    """One neuron's conv outputs on the four borders and the centre, as float64 arrays."""
+def neuron_activations(model, images, layer: str, channel: int, chunk_size: int | None = None) -> dict:
+    """One neuron's conv outputs on the four borders (float64) and the centre (float32, 4
+    bytes a value: one channel's centre at 2048x2048 is 16 MB an image), ``chunk_size``
+    images per forward pass (None: all at once)."""
+    import numpy as np
     import torch
 
     module = dict(model.named_modules()).get(layer)
@@ -23,44 +26,64 @@ def neuron_activations(model, images, layer: str, channel: int) -> dict:
     captured = {}
 
     def hook(mod, args, out):
-        captured["map"] = out[:, channel].detach().double().cpu().numpy()
+        captured["map"] = out[:, channel].detach().cpu()
         raise _Captured
 
     handle = module.register_forward_hook(hook)
+    borders = {b: [] for b in BORDERS}
+    centre = None
+    start = 0
     try:
-        with torch.no_grad():
-            model(images)
-    except _Captured:
-        pass
+        for chunk in torch.split(images, chunk_size or images.shape[0]):
+            captured.clear()
+            try:
+                with torch.no_grad():
+                    model(chunk)
+            except _Captured:
+                pass
+            if "map" not in captured:
+                raise PadbiasError(f"layer {layer!r} did not run in the forward pass")
+            a = captured.pop("map")
+            for b, side in zip(BORDERS, (a[:, 0, :], a[:, -1, :], a[:, :, 0], a[:, :, -1])):
+                borders[b].append(side.double().numpy().ravel())
+            inner = a[:, 1:-1, 1:-1].float().numpy()
+            if centre is None:
+                centre = np.empty(images.shape[0] * inner[0].size, dtype=np.float32)
+            centre[start:start + inner.size] = inner.ravel()
+            start += inner.size
     finally:
         handle.remove()
-    if "map" not in captured:
-        raise PadbiasError(f"layer {layer!r} did not run in the forward pass")
-    a = captured["map"]
-    return {"T": a[:, 0, :].ravel(), "B": a[:, -1, :].ravel(), "L": a[:, :, 0].ravel(), "R": a[:, :, -1].ravel(),
-            "centre": a[:, 1:-1, 1:-1].ravel()}
+    out = {b: np.concatenate(v) for b, v in borders.items()}
+    out["centre"] = centre
+    return out
 
 
 def histogram_figure(acts: dict, title: str, stats: dict | None = None) -> Figure:
     """Densities of the border and centre activations of one neuron, with the truncated
-    centre (k highest / k lowest values, k = values in the top border) as outlines."""
+    centre (k highest / k lowest values, k = values in the top border) as outlines.
+    Each array is binned by numpy in blocks and drawn from its counts, so the figure's
+    memory is one sorted copy of the centre."""
     import numpy as np
 
     centre = np.sort(acts["centre"])
     k = min(len(acts["T"]), len(centre))
-    values = np.concatenate([centre] + [acts[b] for b in BORDERS])
-    bins = np.linspace(values.min(), values.max(), 61) if values.max() > values.min() else 10
+    lo = min([float(centre[0])] + [float(acts[b].min()) for b in BORDERS])
+    hi = max([float(centre[-1])] + [float(acts[b].max()) for b in BORDERS])
+    bins = np.linspace(lo, hi, 61) if hi > lo else np.linspace(lo - 0.5, hi + 0.5, 11)
     fig, ax = figure(figsize=(7.0, 4.2))
-    ax.hist(centre, bins=bins, density=True, color="0.6", alpha=0.6, label=f"centre (n={len(centre)})")
-    ax.hist(centre[-k:], bins=bins, density=True, histtype="step", color="purple", linestyle="--",
-            label=f"centre, {k} highest (for KS+)")
-    ax.hist(centre[:k], bins=bins, density=True, histtype="step", color="saddlebrown", linestyle=":",
-            label=f"centre, {k} lowest (for KS-)")
+
+    def hist(values, **kwargs):
+        counts, edges = np.histogram(values, bins=bins)
+        ax.hist(edges[:-1], bins=edges, weights=counts, density=True, **kwargs)
+
+    hist(centre, color="0.6", alpha=0.6, label=f"centre (n={len(centre)})")
+    hist(centre[-k:], histtype="step", color="purple", linestyle="--", label=f"centre, {k} highest (for KS+)")
+    hist(centre[:k], histtype="step", color="saddlebrown", linestyle=":", label=f"centre, {k} lowest (for KS-)")
     for b in BORDERS:
         label = BORDER_NAMES[b]
         if stats:
             label += f": KS {stats['ks'][b]:.2f}, KS+ {stats['ks_plus'][b]:.2f}, KS- {stats['ks_minus'][b]:.2f}"
-        ax.hist(acts[b], bins=bins, density=True, histtype="step", linewidth=1.6, color=_COLOURS[b], label=label)
+        hist(acts[b], histtype="step", linewidth=1.6, color=_COLOURS[b], label=label)
     ax.set_xlabel("conv output (activation before normalisation)")
     ax.set_ylabel("density")
     ax.set_title(title, fontsize=10)
@@ -68,13 +91,14 @@ def histogram_figure(acts: dict, title: str, stats: dict | None = None) -> Figur
     return Figure(title, to_png(fig))
 
 
-def neuron_histogram_figure(model, images, census: PanCensus, layer: str, channel: int, theta: float = 0.5) -> Figure:
+def neuron_histogram_figure(model, images, census: PanCensus, layer: str, channel: int, theta: float = 0.5,
+                            chunk_size: int | None = None) -> Figure:
     """Figure 3/5-7 style histogram of one neuron of the census, re-running the model to the layer."""
     record = census.neuron(census.find(layer, channel), theta)
     kind = record["type"][str(theta)]
     title = (f"{layer} channel {channel}: PAN type {kind} at theta={theta:g}" if kind != "none"
              else f"{layer} channel {channel}: not a PAN at theta={theta:g}")
-    return histogram_figure(neuron_activations(model, images, layer, channel), title, record)
+    return histogram_figure(neuron_activations(model, images, layer, channel, chunk_size), title, record)
 
 
 def strongest_pan_figures(model, images, census: PanCensus, theta: float = 0.5, n: int = 3) -> list[Figure]:

@@ -448,7 +448,7 @@ def pan_census(model, images, theta=(0.4, 0.5), min_kernel: int = 2, chunk_size:
             except PadbiasError:
                 raise
             except RuntimeError as exc:
-                raise PadbiasError(f"the model failed on images of shape {tuple(chunk.shape)}: {str(exc).splitlines()[0][:200]}") from None
+                raise PadbiasError(f"the model failed on images of shape {tuple(chunk.shape)} ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]})") from None
 
     handles = [conv.register_forward_hook(hook_for(scans[name])) for name, conv in convs]
     was_training = model.training
@@ -496,11 +496,27 @@ def pan_census(model, images, theta=(0.4, 0.5), min_kernel: int = 2, chunk_size:
 # ------------------------------------------------------------------------------ gate
 
 
+def shared_census(model, images, thetas, chunk_size=None, cache: dict | None = None) -> PanCensus:
+    """``pan_census`` once per model object, image tensor and thresholds in a run: the
+    ``max_pans`` gate and the bundled PAN suite read the same census. ``cache`` is the
+    run's dict (``padbias_analysis_cache``); None computes afresh. Entries hold the model
+    and images themselves, so a recycled ``id`` can never match."""
+    thetas = tuple(sorted(check_theta(thetas)))
+    if cache is None:
+        return pan_census(model, images, theta=thetas, chunk_size=chunk_size)
+    key = ("pan_census", id(model), id(images), thetas)
+    hit = cache.get(key)
+    if hit is None or hit[0] is not model or hit[1] is not images:
+        hit = (model, images, pan_census(model, images, theta=thetas, chunk_size=chunk_size))
+        cache[key] = hit
+    return hit[2]
+
+
 def max_pans_arguments(fraction, theta=0.5) -> dict:
     """Validate ``@padbias.max_pans(fraction, theta=0.5)`` without torch; normalised kwargs."""
-    if isinstance(fraction, bool) or not isinstance(fraction, Real) or not (0.0 <= float(fraction) <= 1.0) or math.isnan(float(fraction)):
+    if isinstance(fraction, bool) or not isinstance(fraction, Real) or not (0 <= fraction <= 1):  # no float(): 10**400 overflows; NaN compares False
         raise PadbiasError(f"max_pans: fraction must be a number in [0, 1] (the largest accepted share of PAN neurons); got {fraction!r}")
-    if isinstance(theta, bool) or not isinstance(theta, Real) or not (0.0 < float(theta) <= 1.0):
+    if isinstance(theta, bool) or not isinstance(theta, Real) or not (0 < theta <= 1):
         raise PadbiasError(f"max_pans: theta must be a number in (0, 1] (the KS threshold, 0.5 in the paper); got {theta!r}")
     return {"fraction": float(fraction), "theta": float(theta)}
 
@@ -509,9 +525,17 @@ def max_pans_check(ctx: GateContext, fraction, theta=0.5) -> CheckResult:
     """Fail when more than ``fraction`` of the analysed neurons are PANs at ``theta``."""
     from . import pan_figures
 
+    import torch
+
+    from .resources import census_chunk_size, gate_budget
+
     args = max_pans_arguments(fraction, theta)
     fraction, theta = args["fraction"], args["theta"]
-    census = pan_census(ctx.model, ctx.images, theta=sorted({0.4, 0.5, theta}))
+    _check_images(ctx.model, ctx.images)
+    # One pass when the batch fits --padbias-max-memory, else exact chunks; refused up front
+    # when even one image (plus every image's border values) does not fit.
+    chunk = census_chunk_size(ctx.model, ctx.images, gate_budget(ctx), workers=torch.get_num_threads())
+    census = shared_census(ctx.model, ctx.images, sorted({0.4, 0.5, theta}), chunk, ctx.extras.get("analysis_cache"))
     value = census.fraction(theta)
     n_pans = int(census.is_pan(theta).sum())
     per_layer = census.layer_counts(theta)
@@ -533,7 +557,8 @@ def max_pans_check(ctx: GateContext, fraction, theta=0.5) -> CheckResult:
                    "or border augmentation (Padding Aware Neurons, §5).")
     figures = [pan_figures.layer_bar_figure(census, theta)]
     if top:
-        figures.append(pan_figures.neuron_histogram_figure(ctx.model, ctx.images, census, top[0]["layer"], top[0]["channel"]))
+        figures.append(pan_figures.neuron_histogram_figure(ctx.model, ctx.images, census, top[0]["layer"], top[0]["channel"],
+                                                           chunk_size=chunk))
     details = {
         "theta": theta,
         "pans": n_pans,

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from pathlib import Path
 
 import pytest
 
 from . import GATE_MARKERS, __version__
 from .gates import MARKER_HELP, item_gates, validate_marker
 from .options import add_options, resolve
-from .report import PROPERTY, RUN_PROPERTY, build_document, dumps, html_extras, outcome_of, write_atomic
+from .report import (PROPERTY, RUN_PROPERTY, build_document, discard_html, dumps, html_extras, outcome_of, publish_html,
+                     stage_html, write_atomic)
 from .result import GateContext, PadbiasError
 
 settings_key = pytest.StashKey()
@@ -71,7 +74,41 @@ def _place_reports(config, settings):
         if not config.option.htmlpath:
             config.option.htmlpath = str(with_suffix(base, ".html"))
         html_path = config.option.htmlpath
+        # pytest-html writes its page in place (open("w")); it writes into a staging folder
+        # instead, and pytest_sessionfinish below renames the finished page into place.
+        final = Path(os.path.expandvars(html_path)).expanduser().absolute()
+        config.stash[staged_html_key] = (stage_html(final), final)
+        config.option.htmlpath = str(config.stash[staged_html_key][0])
     return dataclasses.replace(settings, json=settings.json or str(with_suffix(base, ".json")), html=html_path)
+
+
+staged_html_key = pytest.StashKey()
+
+
+@pytest.hookimpl(wrapper=True, trylast=True)
+def pytest_sessionfinish(session):
+    """Publish the page pytest-html wrote into its staging folder. pytest-html writes it in
+    its own trylast ``pytest_sessionfinish``; this innermost wrapper resumes right after
+    (and before the terminal summary), so a run killed earlier leaves the previous page."""
+    staged = session.config.stash.get(staged_html_key, None)
+    try:
+        result = yield
+    except BaseException:
+        if staged:
+            discard_html(staged[0])  # the page may be incomplete: keep the previous one
+        raise
+    if staged:
+        publish_html(*staged)
+        for plugin in session.config.pluginmanager.get_plugins():  # its "Generated html report" line
+            if getattr(plugin, "_report_path", None) == staged[0]:
+                plugin._report_path = staged[1]
+    return result
+
+
+def pytest_unconfigure(config):
+    staged = config.stash.get(staged_html_key, None)
+    if staged:
+        discard_html(staged[0])  # a session that never finished (published folders are gone already)
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -190,6 +227,16 @@ def padbias_images(pytestconfig, padbias_settings, padbias_input_size, padbias_m
 _images_key = pytest.StashKey()
 
 
+analysis_cache_key = pytest.StashKey()
+
+
+@pytest.fixture(scope="session")
+def padbias_analysis_cache(pytestconfig):
+    """The run's cache of expensive analyses shared by the gates and the suites (e.g. the
+    PAN census of :func:`pytest_padbias.pans.shared_census`)."""
+    return pytestconfig.stash.setdefault(analysis_cache_key, {})
+
+
 @pytest.fixture
 def padbias_score():
     """Score function for models that are not classifiers: ``images -> tensor[N]``.
@@ -217,6 +264,10 @@ def pytest_runtest_call(item):
     config = item.config
     settings = config.stash[settings_key]
     model = item.funcargs["padbias_model"]
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        pytest.fail(f"padbias_model must be a torch.nn.Module for the padbias gates; got {type(model).__name__}", pytrace=False)
     # The built-in weights' class names and normalisation; None for a user's own model.
     loaded = _weights_meta(config, model)
     ctx = GateContext(
@@ -224,24 +275,48 @@ def pytest_runtest_call(item):
         device=str(next((p.device for p in model.parameters()), "cpu")), seed=settings.seed,
         max_examples=settings.max_examples, derandomize=_in_ci(), score_fn=item.funcargs["padbias_score"],
         categories=loaded.categories if loaded else None,
-        extras={"mean": loaded.mean, "std": loaded.std} if loaded else {},
+        extras=({"mean": loaded.mean, "std": loaded.std} if loaded else {})
+        | {"analysis_cache": config.stash.setdefault(analysis_cache_key, {})},
+        max_memory=_memory_budget(settings),
     )
     from .gates import gate_functions
+    from .model_checks import describe_failure, preflight, watch_inputs
 
     failures = []
-    for gate, kwargs in gates:
-        _arguments, check = gate_functions(gate)
-        try:
-            outcome = check(ctx, **kwargs)
-        except PadbiasError as exc:
-            failures.append(f"@padbias.{gate} could not check this model: {exc}")
-            continue
-        item.stash.setdefault(checks_key, []).append(outcome)
-        if not outcome.passed:
-            failures.append(f"@padbias.{gate} failed: {outcome.message or outcome.summary}")
+    # The gates judge the model in eval mode (dropout off, batch-norm running statistics);
+    # each module gets its own train/eval flag back afterwards.
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        for gate, kwargs in gates:
+            _arguments, check = gate_functions(gate)
+            seen = None
+            try:
+                preflight(gate, ctx)
+                with watch_inputs(model) as seen:
+                    outcome = check(ctx, **kwargs)
+            except PadbiasError as exc:
+                failures.append(f"@padbias.{gate} could not check this model: {exc}")
+                continue
+            except Exception as exc:  # the user's model or score function, or a bug of ours: told apart
+                failures.append(describe_failure(gate, exc, ctx.score_fn, seen))
+                continue
+            item.stash.setdefault(checks_key, []).append(outcome)
+            if not outcome.passed:
+                failures.append(f"@padbias.{gate} failed: {outcome.message or outcome.summary}")
+    finally:
+        for module, training in modes:
+            module.training = training
     if failures:
         pytest.fail("\n".join(failures), pytrace=False)
     return result
+
+
+def _memory_budget(settings) -> int:
+    """Bytes for the gates' analyses, read when the test runs (``auto`` follows free memory)."""
+    from .resources import memory_budget
+
+    return memory_budget(settings.max_memory)
 
 
 def _in_ci() -> bool:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import json
 import os
@@ -38,6 +39,9 @@ def outcome_of(reports: list) -> str:
         return "error"
     if any(o == "failed" for _w, o in outcomes):
         return "failed"
+    # An expected failure (a paper claim known not to hold here) is neither a pass nor a skip.
+    if any(w == "call" and hasattr(r, "wasxfail") for r, (w, _o) in zip(reports, outcomes)):
+        return "xfailed" if any(o == "skipped" for w, o in outcomes if w == "call") else "xpassed"
     if any(o == "skipped" for _w, o in outcomes):
         return "skipped"
     return "passed"
@@ -93,7 +97,8 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
     leaves half a report behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    _remove_dead_leftovers(path.parent, f".{path.name}.", ".tmp")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -102,6 +107,90 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def stage_html(final: str | os.PathLike) -> Path:
+    """Where pytest-html should write the page ``final``: the same file name in a fresh
+    hidden folder beside it (``.<name>.<pid>.partial``), so its ``assets/`` land there too.
+
+    pytest-html opens the page with ``open("w")`` and writes it in place, and rewrites its
+    ``assets/`` files as tests finish: a run killed meanwhile would leave a truncated page
+    (or truncated figures) where the previous good report was. :func:`publish_html` moves
+    the finished page into place by one rename. Folders of runs that were killed (their
+    process is gone) are removed here.
+    """
+    import shutil
+
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    prefix, suffix = f".{final.name}.", ".partial"
+    _remove_dead_leftovers(final.parent, prefix, suffix)
+    folder = final.parent / f"{prefix}{os.getpid()}{suffix}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    return folder / final.name
+
+
+def publish_html(staged: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Move a page written at ``staged`` (by :func:`stage_html`) to ``final``: its assets
+    file by file, then the page, each by an atomic rename; then drop the staging folder.
+
+    pytest-html names figure files after the test id, so two reports in one folder (two
+    models through the same suite) would share and overwrite them: each page's assets go
+    to ``assets/<page name>/`` and the page's references are rewritten to match (a file
+    whose reference is not found keeps pytest-html's ``assets/<file>``)."""
+    import re
+    import shutil
+
+    staged, final = Path(staged), Path(final)
+    try:
+        if staged.is_file():
+            assets = staged.parent / "assets"
+            files = sorted(assets.iterdir()) if assets.is_dir() else []
+            if files:
+                page, own = staged.read_text(encoding="utf-8"), f"{final.stem}/"
+                pattern = re.compile("assets/(" + "|".join(re.escape(f.name) for f in files) + r")(?=[\"'&<\s])")
+                found = set(pattern.findall(page))
+                staged.write_text(pattern.sub(lambda m: f"assets/{own}{m.group(1)}", page), encoding="utf-8")
+                (final.parent / "assets" / own).mkdir(parents=True, exist_ok=True)
+                for f in files:
+                    os.replace(f, final.parent / "assets" / (own if f.name in found else "") / f.name)
+            os.replace(staged, final)
+    finally:
+        shutil.rmtree(staged.parent, ignore_errors=True)
+
+
+def discard_html(staged: str | os.PathLike) -> None:
+    """Drop a staging folder without publishing (the page may be incomplete)."""
+    import shutil
+
+    shutil.rmtree(Path(staged).parent, ignore_errors=True)
+
+
+def _remove_dead_leftovers(folder: Path, prefix: str, suffix: str) -> None:
+    """Remove ``<prefix><pid>[.*]<suffix>`` temporary files and folders whose process is gone
+    (a killed run's); a live process' (a concurrent run's) are left alone."""
+    import shutil
+
+    for old in folder.iterdir():
+        if old.name.startswith(prefix) and old.name.endswith(suffix) and len(old.name) > len(prefix) + len(suffix):
+            pid = old.name[len(prefix) : -len(suffix)].split(".")[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                if old.is_dir():
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        old.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 def dumps(doc: dict) -> str:

@@ -41,6 +41,7 @@ class CheckResult:
             "passed": bool(self.passed),
             "value": float(self.value),
             "limit": None if self.limit is None else float(self.limit),
+            "summary": self.summary,
             "details": self.details,
         }
 
@@ -65,6 +66,8 @@ class GateContext:
     score_fn: Callable[[Any], Any] | None = None
     categories: list[str] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    #: Bytes the gate's analyses may use (--padbias-max-memory); None: the automatic budget.
+    max_memory: int | None = None
 
 
 class PadbiasError(Exception):

@@ -178,7 +178,7 @@ def _forward(model, score_fn, views):
     except (RuntimeError, ValueError, TypeError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise PadbiasError(
-            f"{who} cannot evaluate {h}x{w} views ({first}); if the images are smaller than the model "
+            f"{who} cannot evaluate {h}x{w} views ({type(exc).__name__}: {first}); if the images are smaller than the model "
             "accepts, give larger images or a smaller max_shift"
         ) from None
     if score_fn is not None:
@@ -186,14 +186,26 @@ def _forward(model, score_fn, views):
         out = out[:, 0] if out.dim() == 2 and out.shape[1] == 1 else out
         if tuple(out.shape) != (b,):
             raise PadbiasError(f"the score function returned shape {tuple(out.shape)}; it must return one score per image, shape ({b},)")
+        if not bool(torch.isfinite(out).all()):
+            raise PadbiasError(f"the score function returned NaN or infinite scores for {int((~torch.isfinite(out)).sum())} of {b} "
+                               f"{h}x{w} views; shift robustness needs finite scores")
         if bool((out < 0).any()):
             raise PadbiasError(f"the score function returned a negative score ({float(out.min()):.4g}); it must return non-negative confidences such as probabilities")
         return out.float()
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != b or out.shape[1] < 2:
-        got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
+        from .model_checks import not_logits
+
+        if not isinstance(out, torch.Tensor):
+            raise PadbiasError(not_logits(out))
         raise PadbiasError(
-            f"the model returned {got}, not (N, classes) logits; for a model that is not a classifier "
+            f"the model returned shape {tuple(out.shape)}, not (N, classes) logits; for a model that is not a classifier "
             "give a score function (the padbias_score fixture) that returns one score per image"
+        )
+    finite = torch.isfinite(out).all(dim=1)
+    if not bool(finite.all()):
+        raise PadbiasError(
+            f"the model returned NaN or infinite logits for {int((~finite).sum())} of {b} {h}x{w} views; "
+            "shift robustness needs finite outputs (check the weights and the input normalisation)"
         )
     return out.float().softmax(dim=1)
 
@@ -484,7 +496,7 @@ def border_shift_map(
 # --------------------------------------------------------------------------- the gate
 def shift_robust_arguments(threshold, max_shift=None, fill="reflect") -> dict:
     """Validate the arguments of ``@padbias.shift_robust`` without torch; the normalised kwargs."""
-    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 < float(threshold) <= 1:
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 < threshold <= 1:  # no float(): 10**400 overflows
         raise PadbiasError(
             f"shift_robust threshold={threshold!r} is not accepted; give the minimum consistency as a number in (0, 1], e.g. 0.85"
         )

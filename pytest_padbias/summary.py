@@ -39,8 +39,14 @@ def check_rows(entries: dict) -> list[dict]:
             if check.get("limit") is not None and "measured" not in details:
                 measured = f"{_fmt(check['value'])} (limit {_fmt(check['limit'])})"
             rows.append({"test": nodeid, "name": check["check"], "source": source, "paper": _fmt(paper),
-                         "measured": _fmt(measured), "verdict": "pass" if check.get("passed") else "FAIL"})
+                         "measured": _fmt(measured), "verdict": _verdict(check, entry.get("outcome"))})
     return rows
+
+
+def _verdict(check: dict, outcome) -> str:
+    if outcome == "xfailed":
+        return "not reproduced (xfail)"
+    return "pass" if check.get("passed") else "FAIL"
 
 
 def pick_figures(figures: list[tuple[str, str]], count: int = 3) -> list[tuple[str, str]]:
@@ -77,7 +83,7 @@ def summary_html(run: dict, entries: dict, figures: list[tuple[str, str]], compa
     parts.append('<table id="padbias-checks" class="padbias-checks"><thead><tr><th>gate / claim</th><th>test</th>'
                  "<th>source</th><th>paper</th><th>measured</th><th>verdict</th></tr></thead><tbody>")
     for r in rows:
-        colour = "#1a7f37" if r["verdict"] == "pass" else "#cf222e"
+        colour = {"pass": "#1a7f37", "FAIL": "#cf222e"}.get(r["verdict"], "#9a6700")
         parts.append(f"<tr><td>{e(r['name'])}</td><td>{e(r['test'])}</td><td>{e(r['source'])}</td>"
                      f"<td>{e(r['paper'])}</td><td>{e(r['measured'])}</td>"
                      f'<td style="color:{colour};font-weight:bold">{e(r["verdict"])}</td></tr>')
@@ -100,3 +106,26 @@ def summary_html(run: dict, entries: dict, figures: list[tuple[str, str]], compa
         parts.append("</div>")
     parts.append("</div>")
     return "".join(parts)
+
+
+def markdown_table(document: dict) -> str:
+    """The claims and gates of a ``--padbias-json`` file as a Markdown table (the README's
+    table of claims is made with ``python -m pytest_padbias.summary FILE``)."""
+    entries = {t["nodeid"]: t for t in document["tests"]}
+    lines = ["| claim or gate | source | paper | measured | verdict |", "| --- | --- | --- | --- | --- |"]
+    for r, check in zip(check_rows(entries), (c for t in entries.values() for c in t["checks"])):
+        cells = [r["name"].removeprefix("claim: "), r["source"], r["paper"], check.get("summary") or r["measured"], r["verdict"]]
+        lines.append("| " + " | ".join(str(c).replace("|", "/").replace("\n", " ") for c in cells) + " |")
+    run = document
+    lines.append("")
+    lines.append(f"Measured on {run.get('model')} ({run.get('weights')}), seed {run.get('seed')}, torch {run.get('torch_version')}.")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m pytest_padbias.summary reports/padbias-....json
+    import json
+    import sys
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m pytest_padbias.summary PADBIAS_JSON")
+    print(markdown_table(json.loads(open(sys.argv[1], encoding="utf-8").read())))

@@ -45,6 +45,7 @@ class Trace:
     ops: list[SpatialOp]
     input_size: tuple[int, int]
     foveation: object = None  # torch.Tensor [H, W] of path counts, when asked for
+    layer_foveation: list = field(default_factory=list)  # [(conv layer, [H, W] counts)], foveation="layers"
     notes: list[str] = field(default_factory=list)
     steps: list | None = None  # geometry's flattened replay, built on first use
 
@@ -106,7 +107,11 @@ def _flat_tensors(obj, out):
 
 
 def trace_spatial_ops(model, input_size, in_channels=None, foveation=False, device="meta") -> Trace:
-    """Run ``model`` once on a meta input of ``input_size`` and record its spatial ops."""
+    """Run ``model`` once on a meta input of ``input_size`` and record its spatial ops.
+
+    ``foveation=True`` also computes the path counts to the last feature map;
+    ``foveation="layers"`` adds those to every conv layer's output (``layer_foveation``).
+    """
     import torch
     from torch.overrides import TorchFunctionMode
 
@@ -119,6 +124,7 @@ def trace_spatial_ops(model, input_size, in_channels=None, foveation=False, devi
     keep_alive: list = []
     shadows: dict[int, object] = {}
     last_shadow = [None]
+    conv_shadows: list = []
     stack: list[str] = []
 
     def spatial(t, n):
@@ -165,6 +171,8 @@ def trace_spatial_ops(model, input_size, in_channels=None, foveation=False, devi
                     ones = torch.ones((1, 1) + k, device="cpu")
                     fn = torch.conv2d if n == 2 else torch.conv1d
                     set_shadow(result, fn(shadows[id(x)], ones, None, s, p if isinstance(p, str) else _tuple(p, n), d))
+                    if foveation == "layers":
+                        conv_shadows.append((layer, last_shadow[0]))
                 return result
             if func in pool_fns:
                 name, n = pool_fns[func]
@@ -253,7 +261,10 @@ def trace_spatial_ops(model, input_size, in_channels=None, foveation=False, devi
         # A forward hook that returns a value replaces the module's output: return None.
         handles.append(module.register_forward_hook(lambda m, a, o: stack.pop() and None))
     # A model that starts with Conv1d takes [N, C, L]: the width is its length.
-    shape = (1, in_channels, w) if _first_conv_dims(model) == 1 else (1, in_channels, h, w)
+    dims = _first_conv_dims(model)
+    if dims not in (1, 2):
+        raise PadbiasError(f"the model's first convolution is a {dims}-D convolution; pytest-padbias analyses the padding of 1-D and 2-D convolutions only")
+    shape = (1, in_channels, w) if dims == 1 else (1, in_channels, h, w)
     x = torch.empty(shape, device=device)
     tag(x, INPUT)
     fov_input = None
@@ -271,14 +282,22 @@ def trace_spatial_ops(model, input_size, in_channels=None, foveation=False, devi
     except PadbiasError:
         raise
     except Exception as exc:
-        raise PadbiasError(
-            f"the model cannot run on a {h}x{w} input ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
-        ) from None
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        why = ""
+        if device == "meta" and "meta" in str(exc):
+            why = ("; the padding trace runs the model on the meta device, without values, so a forward pass that "
+                   "depends on tensor values (e.g. .item(), boxes, NMS) cannot be traced: gate its convolutional part "
+                   "(e.g. a padbias_model fixture returning the backbone)")
+        raise PadbiasError(f"the model cannot run on a {h}x{w} input ({type(exc).__name__}: {first}){why}") from None
     finally:
         for hd in handles:
             hd.remove()
     trace = Trace(ops=ops, input_size=(h, w))
     if foveation and last_shadow[0] is not None and last_shadow[0] is not fov_input:
+        for layer, shadow in conv_shadows:
+            # Each conv output's own map: the foveation of the network up to that layer.
+            (grad,) = torch.autograd.grad(shadow.sum(), fov_input, retain_graph=True)
+            trace.layer_foveation.append((layer, grad[0, 0].detach()))
         last_shadow[0].sum().backward()
         trace.foveation = fov_input.grad[0, 0].detach()
     return trace
@@ -304,22 +323,29 @@ def _first_in_channels(model) -> int:
     raise PadbiasError("the model has no convolution layer (nn.Conv1d/Conv2d), so it has no padding to analyse")
 
 
-def axis_read(n_in, before, after, k, s, d, ceil):
+def axis_read(n_in, before, after, k, s, d, ceil, own_after=None):
     """What a sliding window op reads along one axis.
 
     Returns ``(n_out, pad_read_before, pad_read_after, dropped)``: output length, padding
     positions inside the span the windows cover on each side (ceil_mode may read past
     the declared padding), and input positions after the last window (never read).
+    ``own_after`` is the op's own padding after the input when ``before``/``after`` also
+    hold an explicit pad folded into it: PyTorch's ceil_mode rule counts the explicit
+    pad as input.
     """
     length = before + n_in + after
     span = d * (k - 1) + 1
-    if length < span:
-        return None
     if ceil:
-        n_out = math.ceil((length - span) / s) + 1
-        if (n_out - 1) * s >= n_in + before:  # PyTorch: the last window must start inside the input
+        # PyTorch: ceil((length - span) / s) + 1 windows, even when the span is longer than
+        # the padded input (the one window then reads past it)
+        n_out = -((span - length) // s) + 1
+        if (n_out - 1) * s >= length - (after if own_after is None else own_after):  # PyTorch: the last window must start inside the input
             n_out -= 1
+        if n_out < 1:
+            return None
     else:
+        if length < span:
+            return None
         n_out = (length - span) // s + 1
     end = (n_out - 1) * s + span - 1
     last_input = before + n_in - 1

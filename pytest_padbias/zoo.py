@@ -20,11 +20,14 @@ everything that affects them. The file is written atomically (a temporary file i
 folder, then ``os.replace``) under an exclusive ``fcntl.flock`` on a ``.lock`` file, so
 two processes wanting the same model train it once and never see half a file; its metadata
 carries the SHA-256 of the tensors, checked on every load (a corrupt file is retrained).
+:func:`load_or_train` is that cache for any member: the small-object detector of
+:mod:`pytest_padbias.detector` goes through it too.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import hashlib
 import json
 import os
@@ -310,6 +313,10 @@ def _save_atomic(path: Path, tensors: dict, metadata: dict) -> None:
     from safetensors.torch import save
 
     data = save(tensors, metadata=metadata)
+    # Called under the file's lock, so any temporary file of this path is a killed writer's.
+    for stale in path.parent.glob(glob.escape(path.name) + ".*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -349,6 +356,29 @@ def _bar(label):
     return show
 
 
+def load_or_train(config: dict, train, label: str, cache_dir=None):
+    """``(state_dict, path, origin)`` of the model ``config`` describes: read from its cache
+    file (``origin`` ``"cached"``) or, when there is no whole file of that config, trained
+    with ``train(progress) -> nn.Module`` under the file's lock and saved atomically
+    (``"trained"``). ``config`` needs the keys :func:`cache_path` names files by; every
+    zoo member (letters, :mod:`pytest_padbias.detector`) goes through here."""
+    path = cache_path(config, cache_dir)
+    state, origin = load_verified(path, config), "cached"
+    if state is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(path):
+            state = load_verified(path, config)  # another process may have trained it meanwhile
+            if state is None:
+                start = time.perf_counter()
+                trained = train(_bar(label))
+                state = {k: v.detach().clone().contiguous() for k, v in trained.state_dict().items()}
+                meta = {"config": json.dumps(config, sort_keys=True), "sha256": _digest(state),
+                        "train_seconds": f"{time.perf_counter() - start:.1f}"}
+                _save_atomic(path, state, meta)
+                origin = "trained"
+    return state, path, origin
+
+
 def trained_model(name: str, size: int, padding_mode: str = "zeros", seed: int = 0, batch_norm: bool = False, *,
                   cache_dir=None, n_train: int = DEFAULT_TRAIN, epochs: int = DEFAULT_EPOCHS, width: int = DEFAULT_WIDTH,
                   batch_size: int = DEFAULT_BATCH, lr: float = DEFAULT_LR, progress=None):
@@ -360,26 +390,15 @@ def trained_model(name: str, size: int, padding_mode: str = "zeros", seed: int =
     weights file and whether it was trained now (``"trained"``) or read (``"cached"``).
     """
     if name != "letters":
-        raise PadbiasError(f"no zoo model named {name!r}; the zoo has: letters")
+        raise PadbiasError(f"no zoo model named {name!r}; the zoo has: letters "
+                          "(and the small-object detector: pytest_padbias.detector.trained_detector)")
     size = _check_size(size)
     config = _config(name, size, padding_mode, seed, batch_norm, n_train, epochs, width, batch_size, lr)
-    path = cache_path(config, cache_dir)
     model = letters_cnn(padding_mode, batch_norm, width)
-    state, origin = load_verified(path, config), "cached"
-    if state is None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with _locked(path):
-            state = load_verified(path, config)  # another process may have trained it meanwhile
-            if state is None:
-                start = time.perf_counter()
-                label = f"{name} {size}x{size} {padding_mode}{' bn' if batch_norm else ''} seed {seed}"
-                trained = train_letters(size, padding_mode, seed, batch_norm, n_train=n_train, epochs=epochs, width=width,
-                                        batch_size=batch_size, lr=lr, progress=progress or _bar(label))
-                state = {k: v.detach().clone().contiguous() for k, v in trained.state_dict().items()}
-                meta = {"config": json.dumps(config, sort_keys=True), "sha256": _digest(state),
-                        "train_seconds": f"{time.perf_counter() - start:.1f}"}
-                _save_atomic(path, state, meta)
-                origin = "trained"
+    label = f"{name} {size}x{size} {padding_mode}{' bn' if batch_norm else ''} seed {seed}"
+    state, path, origin = load_or_train(config, lambda bar: train_letters(
+        size, padding_mode, seed, batch_norm, n_train=n_train, epochs=epochs, width=width, batch_size=batch_size, lr=lr,
+        progress=progress or bar), label, cache_dir)
     model.load_state_dict(state)
     model.eval()
     model.zoo_info = {"config": config, "path": str(path), "origin": origin}

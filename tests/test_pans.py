@@ -308,3 +308,22 @@ def test_intervention_refuses_a_non_classifier_and_bad_mode():
         pan_reflect_experiment(conv, images, census)
     with pytest.raises(PadbiasError, match="reflect, replicate, circular"):
         pan_reflect_experiment(conv, images, census, mode="zeros")
+
+
+def test_shared_census_is_computed_once_per_model_and_images():
+    import torch
+
+    from pytest_padbias.pans import shared_census
+
+    torch.manual_seed(0)
+    calls = []
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU()).eval()
+    model[0].register_forward_hook(lambda *a: calls.append(1))
+    images = torch.rand(3, 3, 12, 12)
+    cache = {}
+    first = shared_census(model, images, (0.5, 0.4), None, cache)
+    assert shared_census(model, images, [0.4, 0.5], None, cache) is first and len(calls) == 1
+    assert shared_census(model, images.clone(), (0.4, 0.5), None, cache) is not first  # other images
+    assert shared_census(model, images, (0.5,), None, cache) is not first  # other thresholds
+    assert shared_census(model, images, (0.4, 0.5), None, None) is not first  # no cache: afresh
+    assert len(calls) == 4

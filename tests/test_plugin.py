@@ -46,6 +46,7 @@ def test_help_lists_every_option_in_one_group(pytester):
     result.stdout.fnmatch_lines(["*pytest-padbias*", "*--padbias-model=MODEL*", "*--padbias-weights=WEIGHTS*",
                                  "*--padbias-input-size=INPUT_SIZE*", "*--padbias-device=DEVICE*",
                                  "*--padbias-seed=SEED*", "*--padbias-images=IMAGES*", "*--padbias-json=JSON*",
+                                 "*--padbias-max-memory=MAX_MEMORY*",
                                  "*padbias_model (string)*"])
 
 
@@ -66,6 +67,8 @@ def test_markers_are_registered_with_help(pytester):
     ("--padbias-weights=missing.pth", "*weights file missing.pth does not exist*"),
     ("--padbias-compare-fail=pans+1", "*'pans+1' is not a comparison rule; use CHECK:+X% or CHECK:-X*"),
     ("--padbias-compare=nothing.json", "*comparison file nothing.json does not exist*"),
+    ("--padbias-max-memory=lots", "*--padbias-max-memory='lots': 'lots' is not a memory size; accepted: auto, or a size such as 512MiB*"),
+    ("--padbias-max-memory=0.5KiB", "*--padbias-max-memory='0.5KiB': '0.5KiB' is less than 1 MiB; accepted: auto*"),
 ])
 def test_bad_option_values_are_usage_errors(pytester, option, message):
     result = pytester.runpytest(option)
