@@ -115,14 +115,37 @@ def test_uneven_padding_skews_the_mean_filters_of_strided_layers(padbias_model, 
     assert uneven > stride1, f"uneven strided layers skew {uneven:.3f}, no more than stride-1 layers ({stride1:.3f})"
 
 
-def test_zero_padding_makes_line_artifacts_that_mirror_padding_reduces(padbias_model, padbias_input_size, padbias_record):
+_artifact_cache: dict = {}
+
+
+def _line_artifacts(model, input_size, mode):
+    """One line-artifact analysis per model, size and mode in a run (two tests read it)."""
+    from pytest_padbias.artifacts import line_artifacts
+
+    key = (id(model), tuple(input_size), mode)
+    if key not in _artifact_cache:
+        _artifact_cache[key] = line_artifacts(model, input_size, padding_mode=mode)
+    return _artifact_cache[key]
+
+
+def _needs_trained_filters(settings):
+    import pytest
+
+    if settings.weights == "none":
+        pytest.skip("line artifacts come from trained filters and biases; an untrained model without biases maps "
+                    "a constant input to zero everywhere (--padbias-weights is none)")
+
+
+def test_zero_padding_makes_line_artifacts_that_mirror_padding_reduces(padbias_model, padbias_input_size, padbias_settings,
+                                                                       padbias_record):
     """Claim: under zero padding the mean feature maps show lines along the borders, even for
     a constant input; mirror padding reduces them (slides, 'Feature maps under 0-padding /
     under mirror padding'; reading notes 003: from the second conv on)."""
-    from pytest_padbias.artifacts import line_artifact_figure, line_artifacts
+    from pytest_padbias.artifacts import line_artifact_figure
 
-    zero = line_artifacts(padbias_model, padbias_input_size)
-    mirror = line_artifacts(padbias_model, padbias_input_size, padding_mode="reflect")
+    _needs_trained_filters(padbias_settings)
+    zero = _line_artifacts(padbias_model, padbias_input_size, "zeros")
+    mirror = _line_artifacts(padbias_model, padbias_input_size, "reflect")
 
     def mean_score(result):
         scores = [s for _layer, s in result.by_depth("zeros") if s is not None]
@@ -137,6 +160,38 @@ def test_zero_padding_makes_line_artifacts_that_mirror_padding_reduces(padbias_m
         source="Mind the Pad slides (001), 'line artifacts'", figures=[line_artifact_figure([zero, mirror])],
     ))
     assert z > m
+
+
+def test_line_artifacts_start_after_the_first_layer_and_grow_with_depth(padbias_model, padbias_input_size,
+                                                                        padbias_settings, padbias_record):
+    """Claim: on a constant (zero) input the first conv's output has no border lines, the
+    lines appear from the second conv on and are stronger in the deeper layers (reading
+    notes 003, 'from the second conv on'; slides, 'Feature maps under 0-padding')."""
+    from pytest_padbias.figures import figure, to_png
+    from pytest_padbias.result import Figure
+
+    _needs_trained_filters(padbias_settings)
+    by_depth = [(layer, s) for layer, s in _line_artifacts(padbias_model, padbias_input_size, "zeros").by_depth("zeros")
+                if s is not None]
+    scores = [s for _layer, s in by_depth]
+    third = max(1, len(scores) // 3)
+    first, shallow, deep = scores[0], sum(scores[:third]) / third, sum(scores[-third:]) / third
+    passed = len(scores) >= 3 and first < 0.05 and max(scores[1:]) > 0.05 and deep > shallow
+    fig, ax = figure(figsize=(6.4, 3.0))
+    ax.plot(range(1, len(scores) + 1), scores, marker=".")
+    ax.set_xlabel("conv layer (execution order)")
+    ax.set_ylabel("border-line score, zero input")
+    padbias_record(claim(
+        "claim: line artifacts start after the first layer and grow with depth", passed,
+        paper="lines appear from the second conv on and compound with depth",
+        measured=f"first layer {first:.3f}; mean of the shallowest third {shallow:.3f}, deepest third {deep:.3f}",
+        value=deep - shallow, source="reading notes (003); Mind the Pad slides (001), 'line artifacts'",
+        summary=f"line-artifact score on a zero input: first conv {first:.3f}, shallow third {shallow:.3f}, deep third {deep:.3f}",
+        figures=[Figure(title="Border-line score of each conv layer's mean feature map on a zero input", png=to_png(fig))],
+        by_depth=[[layer, round(s, 4)] for layer, s in by_depth],
+    ))
+    assert passed, (f"line artifacts on a zero input: first layer {first:.3f} (claim: ~0), shallow third {shallow:.3f}, "
+                    f"deep third {deep:.3f} (claim: deeper is stronger)")
 
 
 def test_stimulus_detectability_varies_with_location(padbias_model, padbias_input_size, padbias_settings, padbias_record):
@@ -158,3 +213,178 @@ def test_stimulus_detectability_varies_with_location(padbias_model, padbias_inpu
         figures=[detectability_figure([result])], regions=[r.to_json() for r in result.regions],
     ))
     assert ratio < 0.9, f"detectability is nearly uniform (min/median {ratio:.3f})"
+
+
+def test_foveation_grows_with_depth(padbias_model, padbias_input_size, padbias_record):
+    """Claim: the deeper the network, the more the periphery is marginalised: the
+    periphery/centre path ratio up to each conv layer falls with depth (slides, "SAME
+    0-padding mildly marginalizes the periphery: deeper CNN => more foveation")."""
+    from scipy.stats import spearmanr
+
+    from pytest_padbias.foveation import depth_figure, foveation_by_depth
+
+    by_depth = foveation_by_depth(padbias_model, padbias_input_size)
+    ratios = [r for _layer, r in by_depth]
+    rho = float(spearmanr(range(len(ratios)), ratios).statistic) if len(ratios) > 2 else float("nan")
+    passed = len(ratios) > 2 and ratios[-1] < ratios[0] and rho < -0.5
+    padbias_record(claim(
+        "claim: foveation grows with depth", passed,
+        paper="deeper CNN => more foveation (VGG-19, 512x512 input space)",
+        measured=f"periphery/centre {ratios[0]:.3f} after {by_depth[0][0]} -> {ratios[-1]:.3f} after {by_depth[-1][0]}; "
+        f"Spearman rho(depth, ratio) = {rho:.2f}",
+        value=ratios[-1], summary=f"periphery/centre path ratio falls from {ratios[0]:.3f} to {ratios[-1]:.3f} over "
+        f"{len(ratios)} conv layers (rho {rho:.2f})", source="Mind the Pad slides (001), 'Deeper CNN => more foveation'",
+        figures=[depth_figure(by_depth, f"Periphery/centre path ratio after each conv layer, {padbias_input_size[0]}x{padbias_input_size[1]} input")],
+        by_depth=[[layer, round(r, 4)] for layer, r in by_depth],
+    ))
+    assert passed, f"foveation does not grow with depth: ratio {ratios[0]:.3f} -> {ratios[-1]:.3f}, Spearman rho {rho:.2f}"
+
+
+def _even_sizes_for_foveation(model):
+    return [s for s in even_sizes(model, 64, 456)]
+
+
+def test_smaller_inputs_are_marginalised_more(padbias_model, padbias_record):
+    """Claim: relative to the input size, boundary marginalisation is more extensive in
+    smaller inputs: the fraction of pixels with fewer than half an interior pixel's paths
+    falls as the input grows (slides, "computed for ResNet-50")."""
+    from pytest_padbias.foveation import MARGINAL_FRACTION, size_figure
+
+    sizes = _even_sizes_for_foveation(padbias_model)
+    if len(sizes) < 3:
+        sizes = [97, 161, 225, 321, 449]
+    sizes = sizes[:: max(1, len(sizes) // 6)]
+    fractions = {s: _marginalised(padbias_model, s) for s in sizes}
+    values = [fractions[s] for s in sizes]
+    passed = all(a >= b for a, b in zip(values, values[1:])) and values[0] > values[-1]
+    padbias_record(claim(
+        "claim: smaller inputs are marginalised more", passed,
+        paper="boundary marginalisation is more extensive in smaller inputs, relative to input size (ResNet-50)",
+        measured={f"{s}x{s}": round(f, 3) for s, f in fractions.items()}, value=values[0] - values[-1],
+        summary=f"pixels with < {MARGINAL_FRACTION:.0%} of interior paths: " + ", ".join(f"{s}px {f:.1%}" for s, f in fractions.items()),
+        source="Mind the Pad slides (001), 'Boundary marginalization is more extensive in smaller inputs'",
+        figures=[size_figure(fractions, "Fraction of marginalised pixels by input size (sizes that pad evenly)")],
+        note="sizes that pad evenly (k * 2^d + 1) are compared; between them uneven sizes marginalise more",
+    ))
+    assert passed, f"the marginalised fraction does not fall with input size: {fractions}"
+
+
+_marginal_cache: dict = {}
+
+
+def _marginalised(model, size):
+    from pytest_padbias.foveation import interior_count, marginalised_fraction
+
+    key = id(model)
+    if key not in _marginal_cache:
+        _marginal_cache.clear()
+        _marginal_cache[key] = {"reference": interior_count(model)}
+    cache = _marginal_cache[key]
+    if size not in cache:
+        cache[size] = marginalised_fraction(model, [size], cache["reference"])[size]
+    return cache[size]
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_a_larger_even_size_is_never_marginalised_more(padbias_model, data):
+    """Property: for any two generated input sizes that pad evenly, the larger one has no
+    larger fraction of marginalised pixels (slides, foveation by input size)."""
+    sizes = _even_sizes_for_foveation(padbias_model)[:8]
+    if len(sizes) < 2:
+        import pytest
+
+        pytest.skip("fewer than two sizes in 64..456 pad evenly for this model")
+    small, large = sorted(data.draw(st.lists(st.sampled_from(sizes), min_size=2, max_size=2, unique=True)))
+    assert _marginalised(padbias_model, small) >= _marginalised(padbias_model, large), (small, large)
+
+
+def test_reflect_and_replicate_padding_also_foveate(padbias_model, padbias_input_size, padbias_record):
+    """Claim: other padding schemes also make pixel usage depend on the distance to the
+    border: replicate padding over-uses the outer line, reflect padding under-uses it and
+    over-uses the next ones (slides' backup, "Other padding schemes can also incur
+    foveation")."""
+    from pytest_padbias.foveation import edge_usage, foveation_by_padding, maps_figure
+
+    maps = foveation_by_padding(padbias_model, padbias_input_size)
+    usage = {mode: edge_usage(counts) for mode, (counts, _ratio) in maps.items()}
+    outer = {mode: u["outer line"] for mode, u in usage.items()}
+    non_uniform = {mode: abs(outer[mode] - 1.0) > 0.1 for mode in ("reflect", "replicate")}
+    passed = all(non_uniform.values())
+    padbias_record(claim(
+        "claim: reflect and replicate padding also foveate", passed,
+        paper="replicate and mirror (reflect) padding also use border pixels unevenly",
+        measured={mode: {k: round(v, 3) for k, v in u.items() if k in ("outer line", "second line")} for mode, u in usage.items()},
+        value=max(abs(outer["reflect"] - 1), abs(outer["replicate"] - 1)),
+        summary="outer-line use relative to the centre: " + ", ".join(f"{m} {v:.2f}" for m, v in outer.items()),
+        source="Mind the Pad slides (001), backup 'Other padding schemes can also incur foveation'",
+        figures=[maps_figure({m: c for m, (c, _r) in maps.items()},
+                             f"Paths from each input pixel by padding mode, {padbias_input_size[0]}x{padbias_input_size[1]}")],
+        periphery_ratio={m: round(r, 4) for m, (_c, r) in maps.items()},
+    ))
+    assert passed, f"outer-line use under reflect/replicate is within 10% of the centre's: {outer}"
+
+
+#: The slides' ImageNet table, "Symmetric filters => higher accuracy": top-1 (top-5) at
+#: 224x224 (uneven padding) and 225x225 (even padding).
+PAPER_IMAGENET = {
+    "mobilenet_v2": {"224": (68.19, 88.44), "225": (68.80, 88.78)},
+    "resnet18": {"224": (69.93, 89.22), "225": (70.27, 89.52)},
+    "resnet34": {"224": (73.30, 91.42), "225": (73.72, 91.58)},
+    "resnet50": {"224": (75.65, 92.47), "225": (76.01, 92.90)},
+    "resnet101": {"224": (77.37, 93.56), "225": (77.67, 93.81)},
+}
+
+
+def test_even_padding_gives_higher_accuracy(padbias_model, padbias_loaded_model, padbias_input_size, padbias_settings,
+                                            padbias_record):
+    """Claim: symmetric (even) padding gives higher accuracy: the same ImageNet model scores
+    better at 225x225 than at 224x224, e.g. ResNet-50 75.65 -> 76.01 top-1 (slides,
+    "Symmetric filters => higher accuracy"; reading notes 003: about +0.4 on average).
+
+    Needs labelled images (--padbias-dataset). The test fails when the even size is less
+    accurate beyond two standard errors of the paired per-image difference; the summary
+    says whether the gain itself is resolved on this many images."""
+    import math
+
+    import numpy as np
+    import pytest
+
+    from pytest_padbias.dataset import evaluate, labelled_folder
+
+    if padbias_settings.dataset is None:
+        pytest.skip("needs labelled images: --padbias-dataset PATH (an ImageFolder, e.g. ImageNet val); "
+                    "the letters zoo's Table 1 test covers the claim without one")
+    if padbias_settings.weights == "none":
+        pytest.skip("accuracy needs trained weights (--padbias-weights is none)")
+    loaded = padbias_loaded_model if padbias_loaded_model.module is padbias_model else None
+    categories = loaded.categories if loaded else None
+    mean, std = (loaded.mean, loaded.std) if loaded else ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    folder = labelled_folder(padbias_settings.dataset, categories, limit=padbias_settings.dataset_limit,
+                             seed=padbias_settings.seed)
+    above = nearest_even_sizes(padbias_model, padbias_input_size)["above"]
+    if not uneven_layers(padbias_model, padbias_input_size) or above is None:
+        pytest.skip(f"the model already pads evenly at {padbias_input_size}, or no even size lies above it")
+    sizes = {"default": tuple(padbias_input_size), "even": tuple(above)}
+    results = {k: evaluate(padbias_model, folder, s, mean, std) for k, s in sizes.items()}
+    n = len(folder.samples)
+    acc = {k: (100 * float(t1.mean()), 100 * float(t5.mean())) for k, (t1, t5) in results.items()}
+    paired = 100 * (results["even"][0].astype(float) - results["default"][0].astype(float))
+    gain = float(paired.mean())
+    se = float(paired.std(ddof=1) / math.sqrt(n)) if n > 1 else float("inf")
+    passed = gain + 2 * se >= 0
+    resolved = gain - 2 * se > 0
+    label = {k: f"{s[0]}x{s[1]}" for k, s in sizes.items()}
+    name = padbias_settings.model.split(":")[-1]
+    padbias_record(claim(
+        "claim: even padding gives higher accuracy", passed,
+        paper=PAPER_IMAGENET.get(name, PAPER_IMAGENET["resnet50"]) | {"model": name if name in PAPER_IMAGENET else "resnet50"},
+        measured={label[k]: {"top1": round(a[0], 2), "top5": round(a[1], 2)} for k, a in acc.items()}
+        | {"images": n, "top1 gain (points)": round(gain, 2)},
+        value=gain, source="Mind the Pad slides (001), ImageNet table 224 vs 225",
+        summary=f"top-1 {acc['default'][0]:.2f}% at {label['default']} -> {acc['even'][0]:.2f}% at {label['even']} "
+        f"({gain:+.2f} +- {2 * se:.2f} points, {n} images from {folder.root})" + ("" if resolved else "; gain not resolved"),
+        dataset=folder.root, matched_by=folder.matched_by, images=n, gain_resolved=resolved,
+        top1_both_sizes=int(np.sum(results["even"][0] & results["default"][0])),
+    ))
+    assert passed, f"the even size {label['even']} is less accurate than {label['default']}: {gain:+.2f} +- {2 * se:.2f} points"

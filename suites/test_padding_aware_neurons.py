@@ -14,18 +14,17 @@ def trained_only(padbias_settings):
 
 
 @pytest.fixture
-def census(trained_only, padbias_model, padbias_images, pytestconfig):
-    """One census per model and image batch for the whole run (the slowest step here)."""
-    from pytest_padbias.pans import pan_census
+def census(trained_only, padbias_model, padbias_images, padbias_settings, padbias_analysis_cache):
+    """The run's census of the model on padbias_images at theta 0.4 and 0.5, shared with the
+    max_pans gate (the slowest step here), in chunks that fit --padbias-max-memory."""
+    import torch
 
-    cache = pytestconfig.stash.setdefault(_census_key, {})
-    key = (id(padbias_model), padbias_images.data_ptr(), tuple(padbias_images.shape))
-    if key not in cache:
-        cache[key] = pan_census(padbias_model, padbias_images, theta=(0.4, 0.5))
-    return cache[key]
+    from pytest_padbias.pans import shared_census
+    from pytest_padbias.resources import census_chunk_size, memory_budget
 
-
-_census_key = pytest.StashKey()
+    budget = memory_budget(padbias_settings.max_memory)
+    chunk = census_chunk_size(padbias_model, padbias_images, budget, workers=torch.get_num_threads())
+    return shared_census(padbias_model, padbias_images, (0.4, 0.5), chunk, padbias_analysis_cache)
 
 
 @padbias.max_pans(0.05)
@@ -70,7 +69,10 @@ def test_reflect_padding_on_pans_moves_outputs_more_than_on_random_neurons(censu
 
     if not census.is_pan(0.5).any():
         pytest.skip("the model has no PAN at theta 0.5 to switch")
-    result = pan_reflect_experiment(padbias_model, padbias_images, census, theta=0.5, seed=padbias_settings.seed)
+    from pytest_padbias.resources import memory_budget
+
+    result = pan_reflect_experiment(padbias_model, padbias_images, census, theta=0.5, seed=padbias_settings.seed,
+                                    budget=memory_budget(padbias_settings.max_memory))
     pan, rand = result["pan_reflect"], result["random_reflect"]
     padbias_record(CheckResult(
         "claim: PAN-reflect > RAND-reflect", passed=pan["mean_manhattan"] > rand["mean_manhattan"],
@@ -86,3 +88,113 @@ def test_reflect_padding_on_pans_moves_outputs_more_than_on_random_neurons(censu
     assert pan["mean_manhattan"] > rand["mean_manhattan"], (
         f"switching the PANs changed the logits by {pan['mean_manhattan']:.3f} on average, "
         f"no more than random neurons ({rand['mean_manhattan']:.3f})")
+
+
+def test_single_border_pans_dominate(census, padbias_record):
+    """Claim: single-border detectors (T, B, L, R) are the most frequent PAN types, about
+    75% of all PANs (Sec. 3.3, Table 2)."""
+    types = census.type_counts(0.5)
+    pans = sum(v for k, v in types.items() if k != "none")
+    if not pans:
+        pytest.skip("the model has no PAN at theta 0.5")
+    single = sum(types[k] for k in ("T", "B", "L", "R"))
+    share = single / pans
+    most = max((k for k in types if k != "none"), key=types.get)
+    passed = share > 0.5 and len(most) == 1
+    padbias_record(CheckResult(
+        "claim: single-border PANs dominate", passed=passed, value=share, limit=0.5,
+        details={"paper": "about 75% of PANs detect one border (T, B, L or R)",
+                 "measured": f"{single} of {pans} PANs ({share:.0%}) detect one border; most frequent type {most}",
+                 "source": "Padding Aware Neurons, Sec. 3.3, Table 2", "type_counts": types},
+        summary=f"{share:.0%} of {pans} PANs are single-border (paper about 75%)"))
+    assert passed, f"single-border PANs are {share:.0%} of {pans} and the most frequent type is {most}: {types}"
+
+
+def test_a_pan_stops_detecting_the_border_under_reflect_padding(census, padbias_model, padbias_images, padbias_record):
+    """Claim: when a PAN's padding becomes reflect, it no longer separates border from
+    centre: its border activations align with the rest (Sec. 3.3, Figure 7, middle)."""
+    import numpy as np
+
+    from pytest_padbias.padding import restore_padding, switch_padding
+    from pytest_padbias.pans import pan_census
+
+    pan = census.is_pan(0.5)
+    if not pan.any():
+        pytest.skip("the model has no PAN at theta 0.5")
+    previous = switch_padding(padbias_model, "reflect")
+    try:
+        reflected = pan_census(padbias_model, padbias_images, theta=(0.5,))
+    finally:
+        restore_padding(padbias_model, previous)
+    still = float(reflected.is_pan(0.5)[pan].mean())
+    before = float(census.border_scores().max(axis=1)[pan].mean())
+    after = float(reflected.border_scores().max(axis=1)[pan].mean())
+    passed = still < 0.1 and after < 0.5 * before
+    padbias_record(CheckResult(
+        "claim: reflect padding silences PANs", passed=passed, value=still, limit=0.1,
+        details={"paper": "under reflect padding the neuron no longer detects padding",
+                 "measured": f"{still:.1%} of {int(pan.sum())} PANs still PANs; border score {before:.3f} -> {after:.3f}",
+                 "source": "Padding Aware Neurons, Sec. 3.3, Figure 7", "pans_under_reflect": int(reflected.is_pan(0.5).sum()),
+                 "score_before": round(before, 4), "score_after": round(after, 4),
+                 "per_neuron_after": np.round(reflected.border_scores().max(axis=1)[pan], 3).tolist()[:50]},
+        summary=f"with every conv reflect-padded, {still:.1%} of the PANs remain PANs (mean border score {before:.2f} -> {after:.2f})"))
+    assert passed, (f"{still:.1%} of the PANs still detect the border under reflect padding "
+                    f"(mean score {before:.3f} -> {after:.3f})")
+
+
+def test_models_trained_with_reflect_or_circular_padding_have_fewer_pans(padbias_settings, padbias_record):
+    """Claim: PANs come from static zero padding: models trained with reflect, replicate or
+    circular padding have far fewer than zero-padded ones (Sec. 5 discussion; reproduced
+    on the letters zoo, every mode trained with the same data and seeds)."""
+    import numpy as np
+
+    from pytest_padbias import zoo
+    from pytest_padbias.padding import PADDING_MODES
+    from pytest_padbias.pans import pan_census
+
+    if padbias_settings.weights == "none":
+        pytest.skip("needs the trained letters zoo; --padbias-weights=none runs the architecture-only claims")
+    seeds = (padbias_settings.seed, padbias_settings.seed + 1)  # the zoo's training seeds follow --padbias-seed
+    images, _labels = zoo.test_batch(29, 260)
+    with zoo.cpu_threads(1):
+        counts = {mode: [int(pan_census(zoo.trained_model("letters", 29, mode, s), images, theta=(0.5,)).is_pan(0.5).sum())
+                         for s in seeds] for mode in PADDING_MODES}
+    neurons = pan_census(zoo.trained_model("letters", 29, "zeros", 0), images[:8], theta=(0.5,)).n_neurons
+    mean = {m: float(np.mean(c)) for m, c in counts.items()}
+    others = [m for m in PADDING_MODES if m != "zeros"]
+    passed = all(mean[m] <= 0.5 * mean["zeros"] for m in others) and mean["zeros"] > 0
+    padbias_record(CheckResult(
+        "claim: non-zero padding trains fewer PANs", passed=passed, value=mean["zeros"],
+        limit=max(mean[m] for m in others),
+        details={"paper": "PANs arise from static (zero) padding; other padding policies avoid them",
+                 "measured": {m: c for m, c in counts.items()}, "neurons_per_model": neurons, "seeds": list(seeds),
+                 "source": "Padding Aware Neurons, Sec. 5; letters zoo (29x29, synthetic letters)"},
+        summary="PANs at theta 0.5 in letters CNNs by padding mode (mean of 2 seeds, "
+                f"{neurons} neurons each): " + ", ".join(f"{m} {v:.1f}" for m, v in mean.items())))
+    assert passed, f"zero-padded models do not have at least twice the PANs of every other mode: {mean}"
+
+
+def test_a_line_of_zeros_inside_the_input_makes_pans_fire(census, padbias_model, padbias_images, padbias_settings,
+                                                           padbias_record):
+    """Claim: adding a one-row/column of zeros anywhere in the input makes PANs fire and
+    pushes predictions into unpredictability (Sec. 5, safety note). Measured twice: a zero
+    line in the middle of each PAN layer's own input (do PANs read it as their border, by
+    the census's KS test?) and a zero row/column in the image (does the top-1 change?)."""
+    from pytest_padbias.pan_probes import zero_line_predictions, zero_line_probe
+
+    if not census.is_pan(0.5).any():
+        pytest.skip("the model has no PAN at theta 0.5")
+    probe = zero_line_probe(padbias_model, padbias_images[:8], census, theta=0.5, seed=padbias_settings.seed)
+    changed = zero_line_predictions(padbias_model, padbias_images)
+    passed = probe.pan_rate > 0.5 and probe.pan_rate > 2 * probe.other_rate and max(changed.values()) > 0
+    padbias_record(CheckResult(
+        "claim: a zero line inside the input makes PANs fire", passed=passed, value=probe.pan_rate, limit=probe.other_rate,
+        details={"paper": "a one-row/column of zeros anywhere in the input causes PANs to fire",
+                 "measured": f"{probe.pans_detecting} of {probe.pans} PANs ({probe.pan_rate:.0%}) read a zero line in their "
+                             f"input as their border, against {probe.other_rate:.0%} of {probe.others} other neurons on any side; "
+                             f"top-1 changes on {changed['row']:.0%} (row) / {changed['column']:.0%} (column) of the images",
+                 "source": "Padding Aware Neurons, Sec. 5", "per_layer": probe.per_layer, "prediction_change": changed},
+        summary=f"{probe.pan_rate:.0%} of PANs fire on an inner zero line (other neurons {probe.other_rate:.0%}); "
+                f"a zero row in the image changes {changed['row']:.0%} of top-1 predictions"))
+    assert passed, (f"{probe.pan_rate:.0%} of PANs and {probe.other_rate:.0%} of other neurons detect an inner zero line; "
+                    f"top-1 changes {changed}")
