@@ -262,9 +262,11 @@ def load_model(spec: str, weights: str = "default", device: str = "cpu") -> Load
             _take_transform_info(loaded, name)
     else:
         path = Path(weights)
+        # A name like resnet18-f37072fd.pth promises a hash: check it before reading the file.
+        digest = verify_hash_prefix(path) if path.is_file() else None
         apply_state_dict(module, read_state_dict(path), f"file {path}")
         loaded.weights = str(path)
-        loaded.weights_sha256 = sha256_of(path)
+        loaded.weights_sha256 = digest
         if kind == "torchvision":
             _take_transform_info(loaded, name)
     loaded.module = module.to(resolve_device(device)).eval()

@@ -225,6 +225,30 @@ class TestWeightsFiles:
         assert result.ret == pytest.ExitCode.USAGE_ERROR
         result.stderr.fnmatch_lines(["*weights file broken.pth is truncated or corrupt*"])
 
+    def test_truncated_safetensors_is_named(self, project):
+        from safetensors.torch import save_file
+
+        save_file(self.model().state_dict(), str(project.path / "cut.safetensors"))
+        data = (project.path / "cut.safetensors").read_bytes()
+        (project.path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+        result = project.runpytest(*FAST, "--padbias-weights=cut.safetensors")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines(["*weights file cut.safetensors is not a readable safetensors file*"])
+
+    def test_a_file_whose_hash_does_not_match_its_name_is_refused(self, project):
+        import hashlib
+
+        torch.save(self.model().state_dict(), project.path / "tiny.pth")
+        digest = hashlib.sha256((project.path / "tiny.pth").read_bytes()).hexdigest()
+        (project.path / f"tiny-{digest[:8]}.pth").write_bytes((project.path / "tiny.pth").read_bytes())
+        project.runpytest(*FAST, f"--padbias-weights=tiny-{digest[:8]}.pth", "--padbias-input-size=33").assert_outcomes(passed=1)
+        wrong = "0" * 8 if not digest.startswith("0" * 8) else "1" * 8
+        (project.path / f"tiny-{wrong}.pth").write_bytes((project.path / "tiny.pth").read_bytes())
+        result = project.runpytest(*FAST, f"--padbias-weights=tiny-{wrong}.pth")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines([f"*weights file tiny-{wrong}.pth is corrupt or not what its name says: SHA-256 {digest[:12]}... "
+                                     f"does not start with {wrong}*"])
+
     def test_pickle_that_runs_code_is_refused(self, project):
         marker = project.path / "pwned"
         project.makepyfile(evil=f"""
