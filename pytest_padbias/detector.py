@@ -179,26 +179,12 @@ def train_detector(padding_mode, seed, *, size=SIZE, n_train=DEFAULT_TRAIN, epoc
     with zoo.cpu_threads(zoo.TRAIN_THREADS):
         torch.manual_seed(seed)
         model = detector_cnn(padding_mode, width)
-        gen = torch.Generator().manual_seed(seed)
-        steps = epochs * ((len(x) + batch_size - 1) // batch_size)
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, steps), pct_start=0.15)
         pos_weight = torch.tensor(POS_WEIGHT)
-        model.train()
-        done = 0
-        for _ in range(epochs):
-            order = torch.randperm(len(x), generator=gen)
-            for i in range(0, len(x), batch_size):
-                idx = order[i : i + batch_size]
-                loss = F.binary_cross_entropy_with_logits(model(x[idx]), y[idx], pos_weight=pos_weight)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                done += 1
-                if progress is not None:
-                    progress(done, steps)
-    return model.eval()
+
+        def loss(logits, target):
+            return F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
+
+        return zoo.fit(model, x, y, loss, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr, progress=progress)
 
 
 def _config(padding_mode, seed, size, n_train, epochs, width, batch_size, lr) -> dict:

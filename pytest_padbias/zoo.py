@@ -227,7 +227,7 @@ def cpu_threads(n: int = 1):
 
 def train_letters(size, padding_mode, seed, batch_norm=False, *, n_train=DEFAULT_TRAIN, epochs=DEFAULT_EPOCHS,
                   width=DEFAULT_WIDTH, batch_size=DEFAULT_BATCH, lr=DEFAULT_LR, progress=None):
-    """Train a :func:`letters_cnn` from scratch (Adam, cosine learning rate), deterministic
+    """Train a :func:`letters_cnn` from scratch (Adam, one-cycle learning rate), deterministic
     for ``seed``. ``progress(done, total)`` is called after every batch when given."""
     import torch
     import torch.nn.functional as F
@@ -236,24 +236,32 @@ def train_letters(size, padding_mode, seed, batch_norm=False, *, n_train=DEFAULT
     with cpu_threads(TRAIN_THREADS):
         torch.manual_seed(seed)
         model = letters_cnn(padding_mode, batch_norm, width)
-        gen = torch.Generator().manual_seed(seed)
-        steps = epochs * ((len(x) + batch_size - 1) // batch_size)
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, steps), pct_start=0.15)
-        model.train()
-        done = 0
-        for _ in range(epochs):
-            order = torch.randperm(len(x), generator=gen)
-            for i in range(0, len(x), batch_size):
-                idx = order[i : i + batch_size]
-                loss = F.cross_entropy(model(x[idx]), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                done += 1
-                if progress is not None:
-                    progress(done, steps)
+        return fit(model, x, y, F.cross_entropy, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr, progress=progress)
+
+
+def fit(model, x, y, loss_fn, *, seed, epochs, batch_size, lr, progress=None):
+    """The zoo's training loop: Adam with a one-cycle learning rate over seeded shuffles of
+    ``(x, y)``; ``progress(done, total)`` after every batch. Returns the model in eval mode."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    steps = epochs * ((len(x) + batch_size - 1) // batch_size)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, steps), pct_start=0.15)
+    model.train()
+    done = 0
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), batch_size):
+            idx = order[i : i + batch_size]
+            loss = loss_fn(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            done += 1
+            if progress is not None:
+                progress(done, steps)
     return model.eval()
 
 

@@ -190,20 +190,8 @@ def test_two_xdist_workers_needing_the_same_model_train_it_once(pytester, monkey
 
 
 # --------------------------------------------------------------------------- reports
-TINY_MODELS = """
-import torch.nn as nn
-def uneven():
-    return nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.AdaptiveAvgPool2d(1))
-def other():
-    return nn.Sequential(nn.Conv2d(3, 4, 5, stride=2, padding=2), nn.AdaptiveAvgPool2d(1))
-"""
-GATED = """
-from pytest_padbias import padbias
+from test_report import GATED, TINY as TINY_MODELS  # noqa: E402  the same tiny project as the report tests
 
-@padbias.no_uneven_padding
-def test_gated():
-    pass
-"""
 #: Test-only: the first write of pytest-html's page (``Path.open("w")``) writes half the
 #: text, touches $PADBIAS_KILL_MARKER and waits to be killed.
 KILL_CONFTEST = """
