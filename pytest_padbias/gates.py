@@ -15,8 +15,8 @@ from .result import PadbiasError
 GATE_MODULES = {
     "no_uneven_padding": "pytest_padbias.uneven_padding",
     "shift_robust": "pytest_padbias.shifts",
-    "max_pans": "pytest_padbias.pans",
-    "no_blind_spot": "pytest_padbias.blindspots",
+    "max_pans": "pytest_padbias.pan_gate",
+    "no_blind_spot": "pytest_padbias.blindspot_gate",
 }
 
 MARKER_HELP = {

@@ -19,7 +19,7 @@ def census(trained_only, padbias_model, padbias_images, padbias_settings, padbia
     max_pans gate (the slowest step here), in chunks that fit --padbias-max-memory."""
     import torch
 
-    from pytest_padbias.pans import shared_census
+    from pytest_padbias.pan_gate import shared_census
     from pytest_padbias.resources import census_chunk_size, memory_budget
 
     budget = memory_budget(padbias_settings.max_memory)

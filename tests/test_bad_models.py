@@ -29,9 +29,11 @@ import scipy.ndimage  # noqa: F401
 import torch
 
 # Loaded once here rather than by every in-process inner run (pytester forgets them after each).
+import pytest_padbias.blindspot_gate  # noqa: F401
 import pytest_padbias.blindspots  # noqa: F401
 import pytest_padbias.model_checks  # noqa: F401
 import pytest_padbias.pan_figures  # noqa: F401
+import pytest_padbias.pan_gate  # noqa: F401
 import pytest_padbias.pans  # noqa: F401
 import pytest_padbias.shift_figures  # noqa: F401
 import pytest_padbias.shift_gate  # noqa: F401

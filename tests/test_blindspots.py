@@ -17,14 +17,13 @@ import scipy.ndimage  # noqa: F401
 import skimage.data  # noqa: F401
 import torchvision  # noqa: F401
 import pytest_padbias.models  # noqa: F401
+from pytest_padbias.blindspot_gate import _even_size_hint, no_blind_spot_check
 from pytest_padbias.blindspots import (
-    _even_size_hint,
     detectability_figure,
     detectability_map,
     find_blind_spots,
     mitigation_maps,
     no_blind_spot_arguments,
-    no_blind_spot_check,
     placements,
 )
 from pytest_padbias.result import GateContext, PadbiasError

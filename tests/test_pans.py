@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from pytest_padbias import pan_figures
 from pytest_padbias.intervention import pan_reflect_experiment, random_control
-from pytest_padbias.pans import BORDERS, PAN_TYPES, max_pans_arguments, max_pans_check, pan_census
+from pytest_padbias.pan_gate import max_pans_arguments, max_pans_check
+from pytest_padbias.pans import BORDERS, PAN_TYPES, pan_census
 from pytest_padbias.result import GateContext, PadbiasError
 
 SOBEL_X = [[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]
@@ -313,7 +314,7 @@ def test_intervention_refuses_a_non_classifier_and_bad_mode():
 def test_shared_census_is_computed_once_per_model_and_images():
     import torch
 
-    from pytest_padbias.pans import shared_census
+    from pytest_padbias.pan_gate import shared_census
 
     torch.manual_seed(0)
     calls = []

@@ -325,7 +325,8 @@ def top_detector():
 
 @pytest.mark.parametrize("limit, outcome", [(0.5, "passed"), (0.0, "failed")])
 def test_max_pans_gate_through_the_plugin(pytester, limit, outcome):
-    import pytest_padbias.pans  # noqa: F401  (keep it loaded across pytester runs)
+    import pytest_padbias.pan_gate  # noqa: F401  (keep it loaded across pytester runs)
+    import pytest_padbias.pans  # noqa: F401
 
     pytester.makepyfile(pan_model=PAN_MODEL, test_pan_gate_inner=f"""
 from pytest_padbias import padbias

@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pytest_padbias.pans import max_pans_check, pan_census
+from pytest_padbias.pan_gate import max_pans_check
+from pytest_padbias.pans import pan_census
 from pytest_padbias.resources import (
     AUTO_FRACTION, OPTION, SAFETY_FACTOR, activation_profile, available_memory, census_chunk_size, census_costs,
     memory_budget, parse_max_memory, parse_memory, plan_chunks,
@@ -157,7 +158,7 @@ def test_resnet50_plans_at_224_1024_2048():
 
 @pytest.mark.parametrize("gate", ["max_pans", "shift_robust", "no_blind_spot"])
 def test_a_request_that_cannot_fit_is_refused_before_any_forward_pass(gate):
-    from pytest_padbias.blindspots import no_blind_spot_check
+    from pytest_padbias.blindspot_gate import no_blind_spot_check
     from pytest_padbias.shifts import shift_robust_check
 
     model = Counting()
@@ -225,7 +226,7 @@ def test_chunked_shift_gate_equals_the_unchunked_one():
 BIG_RUN = textwrap.dedent("""
     import json, resource, sys
     import torch, torch.nn as nn
-    from pytest_padbias.pans import max_pans_check
+    from pytest_padbias.pan_gate import max_pans_check
     from pytest_padbias.result import GateContext
 
     torch.set_num_threads(1)
