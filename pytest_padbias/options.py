@@ -140,6 +140,12 @@ OPTIONS = {
                 "weights' categories or ImageNet's n01440764... folders), e.g. an ImageNet validation folder"),
     "dataset-limit": (_int_at_least(0, "--padbias-dataset-limit"), 0,
                       "use at most this many images of --padbias-dataset, drawn with the seed across classes (0 = all)"),
+    "zoo-seeds": (_int_at_least(1, "--padbias-zoo-seeds"), 2,
+                  "training seeds per zoo model in the reproducibility suites: --padbias-seed, the next, ... (default 2; "
+                  "the report used 3)"),
+    "zoo-epochs": (_int_at_least(1, "--padbias-zoo-epochs"), 3, "training epochs of the zoo's letter classifiers (default 3)"),
+    "zoo-train-images": (_int_at_least(26, "--padbias-zoo-train-images"), 4800,
+                         "training images of the zoo's letter classifiers (default 4800; the report trained on 60 000)"),
     "json": (parse_path, None, "write the gate and claim results as JSON to this path"),
     "report-dir": (parse_path, None,
                    "write the HTML report (with pytest-html) and the JSON to this folder, named after the model, "
@@ -165,6 +171,9 @@ class Settings:
     seed: int = 0
     images: int = 32
     max_examples: int = 50
+    zoo_seeds: int = 2
+    zoo_epochs: int = 3
+    zoo_train_images: int = 4800
     dataset: str | None = None
     dataset_limit: int = 0
     json: str | None = None

@@ -154,12 +154,14 @@ def test_models_trained_with_reflect_or_circular_padding_have_fewer_pans(padbias
 
     if padbias_settings.weights == "none":
         pytest.skip("needs the trained letters zoo; --padbias-weights=none runs the architecture-only claims")
-    seeds = (padbias_settings.seed, padbias_settings.seed + 1)  # the zoo's training seeds follow --padbias-seed
+    # The zoo's training seeds and budget follow --padbias-seed and the --padbias-zoo-* options.
+    seeds = tuple(range(padbias_settings.seed, padbias_settings.seed + padbias_settings.zoo_seeds))
+    budget = {"n_train": padbias_settings.zoo_train_images, "epochs": padbias_settings.zoo_epochs}
     images, _labels = zoo.test_batch(29, 260)
     with zoo.cpu_threads(1):
-        counts = {mode: [int(pan_census(zoo.trained_model("letters", 29, mode, s), images, theta=(0.5,)).is_pan(0.5).sum())
+        counts = {mode: [int(pan_census(zoo.trained_model("letters", 29, mode, s, **budget), images, theta=(0.5,)).is_pan(0.5).sum())
                          for s in seeds] for mode in PADDING_MODES}
-    neurons = pan_census(zoo.trained_model("letters", 29, "zeros", 0), images[:8], theta=(0.5,)).n_neurons
+    neurons = pan_census(zoo.trained_model("letters", 29, "zeros", seeds[0], **budget), images[:8], theta=(0.5,)).n_neurons
     mean = {m: float(np.mean(c)) for m, c in counts.items()}
     others = [m for m in PADDING_MODES if m != "zeros"]
     passed = all(mean[m] <= 0.5 * mean["zeros"] for m in others) and mean["zeros"] > 0
@@ -169,7 +171,7 @@ def test_models_trained_with_reflect_or_circular_padding_have_fewer_pans(padbias
         details={"paper": "PANs arise from static (zero) padding; other padding policies avoid them",
                  "measured": {m: c for m, c in counts.items()}, "neurons_per_model": neurons, "seeds": list(seeds),
                  "source": "Padding Aware Neurons, Sec. 5; letters zoo (29x29, synthetic letters)"},
-        summary="PANs at theta 0.5 in letters CNNs by padding mode (mean of 2 seeds, "
+        summary=f"PANs at theta 0.5 in letters CNNs by padding mode (mean of {len(seeds)} seeds, "
                 f"{neurons} neurons each): " + ", ".join(f"{m} {v:.1f}" for m, v in mean.items())))
     assert passed, f"zero-padded models do not have at least twice the PANs of every other mode: {mean}"
 

@@ -22,7 +22,8 @@ from pytest_padbias.padding import PADDING_MODES
 from pytest_padbias.result import CheckResult, Figure
 from pytest_padbias.strategies import shifts
 
-SEEDS = (0, 1)
+SEEDS = (0, 1)  # replaced by the zoo fixture from --padbias-seed and --padbias-zoo-seeds
+LETTERS_BUDGET: dict = {}  # replaced by the zoo fixture from --padbias-zoo-epochs and --padbias-zoo-train-images
 SIZES = (28, 29)
 TEST_N = 2600  # 100 test images per letter
 SHIFT_N = 260  # 10 images per letter, as the report's shift protocol
@@ -57,9 +58,11 @@ def zoo(padbias_settings):
         pytest.skip("needs the trained letters zoo; --padbias-weights=none runs the architecture-only claims")
     from pytest_padbias import zoo as zoo_module
 
-    # The zoo's training seeds follow --padbias-seed: that seed and the next (0 and 1 by default).
-    global SEEDS, DET_SEEDS
-    SEEDS = DET_SEEDS = (padbias_settings.seed, padbias_settings.seed + 1)
+    # The zoo's training seeds follow --padbias-seed: that seed and the next ones
+    # (--padbias-zoo-seeds, 0 and 1 by default); the letters budget follows the zoo options.
+    global SEEDS, DET_SEEDS, LETTERS_BUDGET
+    SEEDS = DET_SEEDS = tuple(range(padbias_settings.seed, padbias_settings.seed + padbias_settings.zoo_seeds))
+    LETTERS_BUDGET = {"n_train": padbias_settings.zoo_train_images, "epochs": padbias_settings.zoo_epochs}
 
     with zoo_module.cpu_threads(1):  # small models on a shared CPU: one thread is fastest
         yield zoo_module
@@ -69,7 +72,7 @@ def zoo(padbias_settings):
 def _model(size, mode, seed, batch_norm=False):
     from pytest_padbias import zoo
 
-    return zoo.trained_model("letters", size, mode, seed, batch_norm=batch_norm)
+    return zoo.trained_model("letters", size, mode, seed, batch_norm=batch_norm, **LETTERS_BUDGET)
 
 
 @lru_cache(maxsize=None)

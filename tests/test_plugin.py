@@ -45,7 +45,9 @@ def test_help_lists_every_option_in_one_group(pytester):
     result = pytester.runpytest("--help")
     result.stdout.fnmatch_lines(["*pytest-padbias*", "*--padbias-model=MODEL*", "*--padbias-weights=WEIGHTS*",
                                  "*--padbias-input-size=INPUT_SIZE*", "*--padbias-device=DEVICE*",
-                                 "*--padbias-seed=SEED*", "*--padbias-images=IMAGES*", "*--padbias-json=JSON*",
+                                 "*--padbias-seed=SEED*", "*--padbias-images=IMAGES*", "*--padbias-dataset=DATASET*",
+                                 "*--padbias-zoo-seeds=ZOO_SEEDS*", "*--padbias-zoo-epochs=ZOO_EPOCHS*",
+                                 "*--padbias-zoo-train-images=ZOO_TRAIN_IMAGES*", "*--padbias-json=JSON*",
                                  "*--padbias-max-memory=MAX_MEMORY*",
                                  "*padbias_model (string)*"])
 
@@ -69,6 +71,10 @@ def test_markers_are_registered_with_help(pytester):
     ("--padbias-compare=nothing.json", "*comparison file nothing.json does not exist*"),
     ("--padbias-max-memory=lots", "*--padbias-max-memory='lots': 'lots' is not a memory size; accepted: auto, or a size such as 512MiB*"),
     ("--padbias-max-memory=0.5KiB", "*--padbias-max-memory='0.5KiB': '0.5KiB' is less than 1 MiB; accepted: auto*"),
+    ("--padbias-zoo-seeds=0", "*--padbias-zoo-seeds must be an integer >= 1*"),
+    ("--padbias-zoo-epochs=two", "*'two' is not an integer; --padbias-zoo-epochs must be an integer >= 1*"),
+    ("--padbias-zoo-train-images=10", "*--padbias-zoo-train-images must be an integer >= 26*"),
+    ("--padbias-dataset-limit=-1", "*--padbias-dataset-limit must be an integer >= 0*"),
 ])
 def test_bad_option_values_are_usage_errors(pytester, option, message):
     result = pytester.runpytest(option)

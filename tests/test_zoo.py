@@ -147,3 +147,26 @@ def test_a_subprocess_reads_the_file_this_process_trained(tmp_path):
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == "cached"
     assert m.zoo_info["origin"] == "trained"
+
+
+def test_the_zoo_option_defaults_are_the_zoo_defaults():
+    """The suites' --padbias-zoo-* defaults must hit the same cache entries as zoo's own."""
+    from pytest_padbias.options import OPTIONS
+
+    assert OPTIONS["zoo-epochs"][1] == zoo.DEFAULT_EPOCHS
+    assert OPTIONS["zoo-train-images"][1] == zoo.DEFAULT_TRAIN
+
+
+def test_the_zoo_options_reach_the_suites_models(pytester, monkeypatch, tmp_path):
+    """--padbias-zoo-seeds/-epochs/-train-images and --padbias-seed choose which zoo models
+    the suites train (here: the PAN claim on letters CNNs of every padding mode)."""
+    from pathlib import Path
+
+    monkeypatch.setenv("PADBIAS_ZOO_DIR", str(tmp_path))
+    suite = Path(__file__).resolve().parent.parent / "suites" / "test_padding_aware_neurons.py"
+    pytester.runpytest_subprocess(str(suite), "-k", "trained_with_reflect", "-p", "no:cacheprovider", "--padbias-seed=5",
+                                  "--padbias-zoo-seeds=1", "--padbias-zoo-epochs=1", "--padbias-zoo-train-images=260")
+    files = sorted(p.name for p in tmp_path.glob("*.safetensors"))
+    expected = {zoo.cache_path(zoo._config("letters", 29, mode, 5, False, 260, 1, zoo.DEFAULT_WIDTH, zoo.DEFAULT_BATCH,
+                                           zoo.DEFAULT_LR), tmp_path).name for mode in ("zeros", "reflect", "replicate", "circular")}
+    assert set(files) == expected  # seed 5 only, 260 images, 1 epoch: nothing else was trained
