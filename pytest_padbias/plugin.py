@@ -421,8 +421,26 @@ class ReportCollector:
                 terminalreporter.write_line(f"{r['check']:<28} {r['old']:>12.6g} -> {r['new']:<12.6g} {r['verdict']}  {r['nodeid']}")
             for line in self.regressions:
                 terminalreporter.write_line(f"REGRESSION: {line}", red=True, bold=True)
+        if self.document is not None:
+            self._write_claims(terminalreporter)
         if settings.json and self.document is not None:
             terminalreporter.write_sep("-", f"padbias JSON: {settings.json}")
+
+    def _write_claims(self, terminalreporter):
+        """The paper claims of the run, measured beside the paper's figure (the suites)."""
+        from .summary import check_rows
+
+        entries = {t["nodeid"]: t for t in self.document["tests"]}
+        rows = [(r, c) for r, c in zip(check_rows(entries), (c for t in entries.values() for c in t["checks"]))
+                if r["name"].startswith("claim: ")]
+        if not rows:
+            return
+        terminalreporter.write_sep("-", f"padbias: {len(rows)} paper claims, measured")
+        for r, check in rows:
+            colour = {"pass": {"green": True}, "FAIL": {"red": True}}.get(r["verdict"], {"yellow": True})
+            terminalreporter.write_line(f"{r['verdict']:<8} {r['name'].removeprefix('claim: ')}", bold=True, **colour)
+            terminalreporter.write_line(f"         measured: {check.get('summary') or r['measured']}")
+            terminalreporter.write_line(f"         paper:    {r['paper']}")
 
 
 def _installed_version(dist):

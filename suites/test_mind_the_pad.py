@@ -78,6 +78,23 @@ def test_replayed_sizes_match_a_fresh_trace(padbias_model, size):
     assert replay == fresh
 
 
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_no_layer_is_flagged_at_a_size_the_model_pads_evenly(padbias_model, data):
+    """Property: for every generated height and width among the sizes the model pads evenly
+    (listed by the fast stride arithmetic), the per-layer replay flags no layer; one pixel
+    less brings uneven padding back unless that size is even too (report Sec. 3)."""
+    sizes = even_sizes(padbias_model, 32, 1024)
+    if not sizes:
+        import pytest
+
+        pytest.skip("no input size in 32..1024 pads evenly for this model")
+    h, w = data.draw(st.sampled_from(sizes), label="height"), data.draw(st.sampled_from(sizes), label="width")
+    assert not uneven_layers(padbias_model, (h, w))
+    if h - 1 not in sizes and h - 1 >= 32:
+        assert uneven_layers(padbias_model, (h - 1, w)), f"{h - 1}x{w} is not listed as even but no layer is flagged"
+
+
 def test_zero_padding_marginalises_the_periphery(padbias_model, padbias_input_size, padbias_record):
     """Claim: zero padding mildly foveates: border pixels have fewer paths to the output
     than central ones (slides, 'mild foveation')."""

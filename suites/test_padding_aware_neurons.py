@@ -27,6 +27,20 @@ def census(trained_only, padbias_model, padbias_images, padbias_settings, padbia
     return shared_census(padbias_model, padbias_images, (0.4, 0.5), chunk, padbias_analysis_cache)
 
 
+def _bars(title, labels, values, ylabel):
+    """A small bar chart for a claim's HTML row."""
+    from pytest_padbias.figures import figure, to_png
+    from pytest_padbias.result import Figure
+
+    fig, ax = figure(figsize=(6.4, 3.0))
+    bars = ax.bar(range(len(labels)), values, color="tab:purple")
+    for bar, v in zip(bars, values):
+        ax.annotate(f"{v:.3g}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    return Figure(title=title, png=to_png(fig))
+
+
 @padbias.max_pans(0.05)
 def test_pans_are_a_small_fraction_of_the_filters(trained_only, padbias_model):
     """Claim: PANs are roughly 1.5-3% of the conv filters with kernels larger than 1x1
@@ -37,13 +51,16 @@ def test_pans_are_a_small_fraction_of_the_filters(trained_only, padbias_model):
 def test_pans_exist(census, padbias_record):
     """Claim: pretrained CNNs contain dozens of PANs (Sec. 3.2: 'dozens of PANs per model',
     ResNet-50: 81 at theta 0.5)."""
+    from pytest_padbias.pan_figures import layer_bar_figure
+
     count = int(census.is_pan(0.5).sum())
     fraction = census.fraction(0.5)
     padbias_record(CheckResult(
         "claim: PANs exist", passed=count > 0, value=count, limit=None,
         details={"paper": "ResNet-50: 81 PANs (theta 0.5), about 2% of filters", "measured": f"{count} PANs ({fraction:.2%})",
                  "source": "Padding Aware Neurons, Table 1", "of": census.n_neurons, "type_counts": census.type_counts(0.5)},
-        summary=f"{count} of {census.n_neurons} neurons are PANs at theta 0.5 ({fraction:.2%})"))
+        summary=f"{count} of {census.n_neurons} neurons are PANs at theta 0.5 ({fraction:.2%})",
+        figures=[layer_bar_figure(census, 0.5)]))
     assert count > 0, f"no PAN among {census.n_neurons} neurons at theta 0.5"
 
 
@@ -56,7 +73,8 @@ def test_a_lower_threshold_finds_more_pans(census, padbias_record):
         "claim: theta 0.4 finds more PANs", passed=loose > strict, value=loose, limit=None,
         details={"paper": "81 -> 193 (x2.4) for ResNet-50", "measured": f"{strict} -> {loose} (x{ratio:.2f})",
                  "source": "Padding Aware Neurons, Sec. 3.2"},
-        summary=f"{strict} PANs at theta 0.5, {loose} at theta 0.4"))
+        summary=f"{strict} PANs at theta 0.5, {loose} at theta 0.4",
+        figures=[_bars("PANs at each KS threshold", ["theta 0.5", "theta 0.4"], [strict, loose], "PANs")]))
     assert loose > strict, f"theta 0.4 finds {loose} PANs, theta 0.5 {strict}: no more"
 
 
@@ -84,7 +102,9 @@ def test_reflect_padding_on_pans_moves_outputs_more_than_on_random_neurons(censu
                  "log_odds_std": {"pan": pan["log_odds"]["std"], "random": rand["log_odds"]["std"],
                                   "all": result["all_reflect"]["log_odds"]["std"]}},
         summary=f"{result['switched_neurons']['pan']} neurons switched: logit change {pan['mean_manhattan']:.3f} "
-                f"(PANs) vs {rand['mean_manhattan']:.3f} (random)"))
+                f"(PANs) vs {rand['mean_manhattan']:.3f} (random)",
+        figures=[_bars("Mean L1 change of the logits when the padding of these neurons becomes reflect",
+                       ["PAN-reflect", "RAND-reflect"], [pan["mean_manhattan"], rand["mean_manhattan"]], "mean |logit change| (L1)")]))
     assert pan["mean_manhattan"] > rand["mean_manhattan"], (
         f"switching the PANs changed the logits by {pan['mean_manhattan']:.3f} on average, "
         f"no more than random neurons ({rand['mean_manhattan']:.3f})")
@@ -93,6 +113,8 @@ def test_reflect_padding_on_pans_moves_outputs_more_than_on_random_neurons(censu
 def test_single_border_pans_dominate(census, padbias_record):
     """Claim: single-border detectors (T, B, L, R) are the most frequent PAN types, about
     75% of all PANs (Sec. 3.3, Table 2)."""
+    from pytest_padbias.pan_figures import type_table_figure
+
     types = census.type_counts(0.5)
     pans = sum(v for k, v in types.items() if k != "none")
     if not pans:
@@ -106,7 +128,8 @@ def test_single_border_pans_dominate(census, padbias_record):
         details={"paper": "about 75% of PANs detect one border (T, B, L or R)",
                  "measured": f"{single} of {pans} PANs ({share:.0%}) detect one border; most frequent type {most}",
                  "source": "Padding Aware Neurons, Sec. 3.3, Table 2", "type_counts": types},
-        summary=f"{share:.0%} of {pans} PANs are single-border (paper about 75%)"))
+        summary=f"{share:.0%} of {pans} PANs are single-border (paper about 75%)",
+        figures=[type_table_figure(census, (0.5,))]))
     assert passed, f"single-border PANs are {share:.0%} of {pans} and the most frequent type is {most}: {types}"
 
 
@@ -137,7 +160,9 @@ def test_a_pan_stops_detecting_the_border_under_reflect_padding(census, padbias_
                  "source": "Padding Aware Neurons, Sec. 3.3, Figure 7", "pans_under_reflect": int(reflected.is_pan(0.5).sum()),
                  "score_before": round(before, 4), "score_after": round(after, 4),
                  "per_neuron_after": np.round(reflected.border_scores().max(axis=1)[pan], 3).tolist()[:50]},
-        summary=f"with every conv reflect-padded, {still:.1%} of the PANs remain PANs (mean border score {before:.2f} -> {after:.2f})"))
+        summary=f"with every conv reflect-padded, {still:.1%} of the PANs remain PANs (mean border score {before:.2f} -> {after:.2f})",
+        figures=[_bars("Mean border score of the PANs, zero vs reflect padding (PAN when >= 0.5)",
+                       ["zero padding", "reflect padding"], [before, after], "min(KS, max(KS+, KS-))")]))
     assert passed, (f"{still:.1%} of the PANs still detect the border under reflect padding "
                     f"(mean score {before:.3f} -> {after:.3f})")
 
@@ -172,7 +197,9 @@ def test_models_trained_with_reflect_or_circular_padding_have_fewer_pans(padbias
                  "measured": {m: c for m, c in counts.items()}, "neurons_per_model": neurons, "seeds": list(seeds),
                  "source": "Padding Aware Neurons, Sec. 5; letters zoo (29x29, synthetic letters)"},
         summary=f"PANs at theta 0.5 in letters CNNs by padding mode (mean of {len(seeds)} seeds, "
-                f"{neurons} neurons each): " + ", ".join(f"{m} {v:.1f}" for m, v in mean.items())))
+                f"{neurons} neurons each): " + ", ".join(f"{m} {v:.1f}" for m, v in mean.items()),
+        figures=[_bars(f"PANs (theta 0.5) of the letters CNN by training padding mode, mean of {len(seeds)} seeds",
+                       list(mean), list(mean.values()), "PANs")]))
     assert passed, f"zero-padded models do not have at least twice the PANs of every other mode: {mean}"
 
 
@@ -197,6 +224,9 @@ def test_a_line_of_zeros_inside_the_input_makes_pans_fire(census, padbias_model,
                              f"top-1 changes on {changed['row']:.0%} (row) / {changed['column']:.0%} (column) of the images",
                  "source": "Padding Aware Neurons, Sec. 5", "per_layer": probe.per_layer, "prediction_change": changed},
         summary=f"{probe.pan_rate:.0%} of PANs fire on an inner zero line (other neurons {probe.other_rate:.0%}); "
-                f"a zero row in the image changes {changed['row']:.0%} of top-1 predictions"))
+                f"a zero row in the image changes {changed['row']:.0%} of top-1 predictions",
+        figures=[_bars("Share reading an inner zero line as a border, and top-1 changed by a zero row/column in the image",
+                       ["PANs", "other neurons", "top-1 changed (row)", "top-1 changed (column)"],
+                       [probe.pan_rate, probe.other_rate, changed["row"], changed["column"]], "fraction")]))
     assert passed, (f"{probe.pan_rate:.0%} of PANs and {probe.other_rate:.0%} of other neurons detect an inner zero line; "
                     f"top-1 changes {changed}")

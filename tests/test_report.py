@@ -162,3 +162,26 @@ def test_same_seed_same_json(project):
     _, first = run_json(project, "a.json", "--padbias-input-size=32", "--padbias-seed=3")
     _, second = run_json(project, "b.json", "--padbias-input-size=32", "--padbias-seed=3")
     assert first == second and first["seed"] == 3
+
+
+def test_paper_claims_are_printed_beside_the_measured_figure(pytester):
+    pytester.makepyfile(test_inner_claims='''
+import pytest
+from pytest_padbias.result import CheckResult
+
+def test_holds(padbias_record):
+    padbias_record(CheckResult("claim: it holds", True, 0.93, None, {"paper": "93.0%"}, "measured 93.1%"))
+
+@pytest.mark.xfail(raises=AssertionError, strict=False, reason="not at this budget")
+def test_not_reproduced(padbias_record):
+    padbias_record(CheckResult("claim: it does not", False, 0.1, None, {"paper": "0.8 points"}, "measured -1.2 points"))
+    assert False
+
+def test_a_gate_is_not_a_claim(padbias_record):
+    padbias_record(CheckResult("max_pans", True, 0.02, 0.05, {}, "2% PANs"))
+''')
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, xfailed=1)
+    result.stdout.fnmatch_lines(["*padbias: 2 paper claims, measured*", "pass     it holds", "*measured: measured 93.1%",
+                                 "*paper:    93.0%", "not reproduced (xfail) it does not", "*measured: measured -1.2 points"])
+    assert "2% PANs" not in result.stdout.str()
