@@ -163,7 +163,7 @@ def _record(op, in_size, out_size, reads, dropped, mode) -> PaddingRecord:
 
 
 def _parse_size(input_size) -> tuple[int, int]:
-    if isinstance(input_size, int):
+    if isinstance(input_size, int) and not isinstance(input_size, bool):
         input_size = (input_size, input_size)
     try:
         h, w = (int(v) for v in input_size)

@@ -50,6 +50,7 @@ import re
 import weakref
 from dataclasses import dataclass
 
+from .geometry import _parse_size
 from .result import PadbiasError
 
 #: Real peak / meta estimate is at most this for the models measured (see the table above).
@@ -193,7 +194,7 @@ def activation_profile(model, input_size) -> ActivationProfile:
 
     from .trace import _first_conv_dims, _first_in_channels, _named_tensors
 
-    h, w = _size(input_size)
+    h, w = _parse_size(input_size)
     if not isinstance(model, torch.nn.Module):
         raise ProfileUnavailable(f"the model is a {type(model).__name__}, not a torch.nn.Module")
     key = (h, w, tuple((n, type(m).__name__, getattr(m, "padding_mode", None)) for n, m in model.named_modules()))
@@ -264,18 +265,6 @@ def activation_profile(model, input_size) -> ActivationProfile:
     return profile
 
 
-def _size(input_size) -> tuple[int, int]:
-    if isinstance(input_size, int) and not isinstance(input_size, bool):
-        input_size = (input_size, input_size)
-    try:
-        h, w = (int(v) for v in input_size)
-    except (TypeError, ValueError):
-        raise PadbiasError(f"input size must be an int or (height, width); got {input_size!r}") from None
-    if h < 1 or w < 1:
-        raise PadbiasError(f"input size must be positive; got {h}x{w}")
-    return h, w
-
-
 def model_name(model) -> str:
     return type(model).__name__
 
@@ -291,7 +280,7 @@ def plan_chunks(model, input_size, n_images: int, budget: int, *, per_image_extr
     """
     if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
         raise PadbiasError(f"n_images must be a positive integer; got {n_images!r}")
-    h, w = _size(input_size)
+    h, w = _parse_size(input_size)
     profile = activation_profile(model, (h, w))
     per_image = profile.per_image() + int(per_image_extra)
     fixed = int(fixed) + profile.overhead
