@@ -14,7 +14,7 @@ from .result import PadbiasError
 
 GATE_MODULES = {
     "no_uneven_padding": "pytest_padbias.uneven_padding",
-    "shift_robust": "pytest_padbias.shifts",
+    "shift_robust": "pytest_padbias.shift_gate",
     "max_pans": "pytest_padbias.pan_gate",
     "no_blind_spot": "pytest_padbias.blindspot_gate",
 }

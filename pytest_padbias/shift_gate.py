@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .result import CheckResult, GateContext, PadbiasError
+from .shifts import shift_robust_arguments
 
 
 @dataclass
@@ -146,7 +147,7 @@ def _search(model, images, max_shift, fill, score_fn, max_examples, derandomize,
 
 
 def run_shift_robust(ctx: GateContext, threshold: float, max_shift: int | None, fill: str) -> CheckResult:
-    """:func:`pytest_padbias.shifts.shift_robust_check` with validated arguments."""
+    """:func:`shift_robust_check` with validated arguments."""
     from .shift_figures import shift_figures
     from .shifts import (
         GATE_GRID, GATE_VIEWS_PER_IMAGE, POSITIONS, _check_max_shift, auto_batch_size, border_shift_map,
@@ -229,3 +230,17 @@ def run_shift_robust(ctx: GateContext, threshold: float, max_shift: int | None, 
     )
     figures = shift_figures(images, bmap, worst, flip, fill, name)
     return CheckResult("shift_robust", passed, value, limit, details, summary, message, figures)
+
+
+def shift_robust_check(ctx: GateContext, threshold, max_shift=None, fill="reflect") -> CheckResult:
+    """The ``shift_robust`` gate: value = shift consistency of the model on ``ctx.images``.
+
+    ``ctx.images`` are already at the model's input size and need not be the bundled
+    photographs, so there is no larger rendering to crop from: views translate each image
+    by a random displacement in ``[-S, S]^2`` on a canvas filled by ``fill`` (S =
+    ``max_shift``, default 1/14 of the shorter side, 16 px at 224; the relative shift
+    between two views then spans antialiased-cnns' 32 px). Details: the 3 x 3 border map
+    (content pushed by S toward each border), the 5 x 5 offset map, the worst shift and the
+    smallest flipping shift hypothesis shrinks to (see :func:`run_shift_robust`).
+    """
+    return run_shift_robust(ctx, **shift_robust_arguments(threshold, max_shift, fill))

@@ -15,7 +15,7 @@ Three measurements, usable without pytest:
   worst shift (``target()`` on the probability drop) that then shrinks to the smallest shift
   that still flips the prediction.
 
-And the gate: :func:`shift_robust_arguments` (plain validation) and :func:`shift_robust_check`.
+And the gate's plain argument validation, :func:`shift_robust_arguments`; the gate itself is in :mod:`pytest_padbias.shift_gate`.
 
 Conventions. A displacement ``(dy, dx)`` moves the content down/right for positive values
 (north and west are negative). Views are made on the normalised tensor the model sees, so
@@ -38,7 +38,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .images import IMAGENET_MEAN, IMAGENET_STD
-from .result import CheckResult, GateContext, PadbiasError
+from .result import PadbiasError
 
 #: Fills of the gate (issue 4). The measurement functions also take "circular" (wrap-around),
 #: under which a circularly padded, stride-1, globally pooled net is exactly invariant.
@@ -508,19 +508,3 @@ def shift_robust_arguments(threshold, max_shift=None, fill="reflect") -> dict:
     if fill not in FILLS:
         raise PadbiasError(f"shift_robust fill={fill!r} is not accepted; the fills are {', '.join(FILLS)}")
     return {"threshold": float(threshold), "max_shift": None if max_shift is None else int(max_shift), "fill": fill}
-
-
-def shift_robust_check(ctx: GateContext, threshold, max_shift=None, fill="reflect") -> CheckResult:
-    """The ``shift_robust`` gate: value = shift consistency of the model on ``ctx.images``.
-
-    ``ctx.images`` are already at the model's input size and need not be the bundled
-    photographs, so there is no larger rendering to crop from: views translate each image
-    by a random displacement in ``[-S, S]^2`` on a canvas filled by ``fill`` (S =
-    ``max_shift``, default 1/14 of the shorter side, 16 px at 224; the relative shift
-    between two views then spans antialiased-cnns' 32 px). Details: the 3 x 3 border map
-    (content pushed by S toward each border), the 5 x 5 offset map, the worst shift and the
-    smallest flipping shift hypothesis shrinks to (see :mod:`pytest_padbias.shift_gate`).
-    """
-    from .shift_gate import run_shift_robust
-
-    return run_shift_robust(ctx, **shift_robust_arguments(threshold, max_shift, fill))

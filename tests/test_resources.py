@@ -159,7 +159,7 @@ def test_resnet50_plans_at_224_1024_2048():
 @pytest.mark.parametrize("gate", ["max_pans", "shift_robust", "no_blind_spot"])
 def test_a_request_that_cannot_fit_is_refused_before_any_forward_pass(gate):
     from pytest_padbias.blindspot_gate import no_blind_spot_check
-    from pytest_padbias.shifts import shift_robust_check
+    from pytest_padbias.shift_gate import shift_robust_check
 
     model = Counting()
     ctx = context(model, torch.randn(2, 3, 512, 512), budget=8 * MiB)

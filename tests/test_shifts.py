@@ -20,12 +20,11 @@ import matplotlib.figure  # noqa: F401
 import skimage.io  # noqa: F401  (skimage.data loads it lazily, with scipy.linalg and numpy.fft)
 import pytest_padbias.shift_figures  # noqa: F401
 from pytest_padbias.result import GateContext, PadbiasError
-from pytest_padbias.shift_gate import search_flipping_shift
+from pytest_padbias.shift_gate import search_flipping_shift, shift_robust_check
 from pytest_padbias.shifts import (
     border_shift_map,
     shift_consistency,
     shift_robust_arguments,
-    shift_robust_check,
     shifted_views,
 )
 from pytest_padbias.strategies import shifts
