@@ -192,6 +192,23 @@ def test_two_xdist_workers_needing_the_same_model_train_it_once(pytester, monkey
 # --------------------------------------------------------------------------- reports
 from test_report import GATED, TINY as TINY_MODELS  # noqa: E402  the same tiny project as the report tests
 
+#: Child-process source: a file wrapper whose first write writes half the text, drops
+#: the marker file ``MARKER_PATH`` (an expression in the child) and waits to be killed.
+HALF_THEN_STOP = """
+class HalfThenStop:
+    def __init__(self, f): self.f = f
+    def __enter__(self): return self
+    def __exit__(self, *exc): return self.f.__exit__(*exc)
+    def __getattr__(self, name): return getattr(self.f, name)
+    def write(self, text):
+        import pathlib, time
+        self.f.write(text[: len(text) // 2]); self.f.flush()
+        pathlib.Path(MARKER_PATH).write_text("written")
+        time.sleep(300)
+        raise SystemExit("not killed")
+"""
+
+
 #: Test-only: the first write of pytest-html's page (``Path.open("w")``) writes half the
 #: text, touches $PADBIAS_KILL_MARKER and waits to be killed.
 KILL_CONFTEST = """
@@ -199,16 +216,7 @@ import os, pathlib, time
 
 MARKER = os.environ.get("PADBIAS_KILL_MARKER")
 
-class HalfThenStop:
-    def __init__(self, f): self.f = f
-    def __enter__(self): return self
-    def __exit__(self, *exc): return self.f.__exit__(*exc)
-    def __getattr__(self, name): return getattr(self.f, name)
-    def write(self, text):
-        self.f.write(text[: len(text) // 2]); self.f.flush()
-        pathlib.Path(MARKER).write_text("html")
-        time.sleep(300)
-        raise SystemExit("not killed")
+""" + HALF_THEN_STOP.replace("MARKER_PATH", "MARKER") + """
 
 if MARKER:
     real_open = pathlib.Path.open
@@ -247,15 +255,7 @@ import os, sys, time, types
 from pathlib import Path
 from pytest_padbias import report
 
-class HalfThenStop:
-    def __init__(self, f): self.f = f
-    def __enter__(self): return self
-    def __exit__(self, *exc): return self.f.__exit__(*exc)
-    def __getattr__(self, name): return getattr(self.f, name)
-    def write(self, text):
-        self.f.write(text[: len(text) // 2]); self.f.flush()
-        Path(sys.argv[3]).write_text("json")
-        time.sleep(300)
+""" + HALF_THEN_STOP.replace("MARKER_PATH", "sys.argv[3]") + """
 
 real_fdopen = os.fdopen
 report.os = types.SimpleNamespace(**{**vars(os), "fdopen": lambda *a, **k: HalfThenStop(real_fdopen(*a, **k))})
