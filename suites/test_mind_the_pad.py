@@ -39,11 +39,12 @@ def test_suggested_size_pads_evenly(padbias_model, padbias_input_size, padbias_r
     above = nearest["above"]
     assert above is not None, "no input size within 512 px above the default pads evenly"
     remaining = uneven_layers(padbias_model, above)
+    at_above = no_uneven_padding_check(GateContext(model=padbias_model, images=None, input_size=tuple(above), device="cpu", seed=0))
     padbias_record(claim(
         "claim: the suggested size pads evenly", not remaining, paper="224 -> 225 for ResNet-50 and MobileNetV2",
         measured=f"{padbias_input_size[0]}x{padbias_input_size[1]} -> {above[0]}x{above[1]}",
         summary=f"nearest even size above the default: {above[0]}x{above[1]}", nearest=nearest,
-        source="Mind the Pad slides (001), ImageNet 224 vs 225 table",
+        source="Mind the Pad slides (001), ImageNet 224 vs 225 table", figures=at_above.figures,
     ))
     assert not remaining
 
@@ -57,12 +58,27 @@ def test_even_sizes_are_spaced_by_the_total_stride(padbias_model, padbias_record
     regular = (step & (step - 1) == 0 and all(b - a == step for a, b in zip(sizes, sizes[1:]))
                and all((s - 1) % step == 0 for s in sizes))
     padbias_record(claim(
-        "claim: even sizes every 2^d pixels", regular,
+        "claim: even sizes every 2^d pixels", regular, figures=[_uneven_by_size_figure(padbias_model, 32, 512, sizes)],
         paper="sizes k * 2^d + 1 (e.g. 225 = 7 * 32 + 1 for 5 stride-2 layers)", measured=sizes[:8],
         summary=f"even sizes in 32..512, {step} apart: {sizes[:6]}...",
         source="reading notes (003): 2^d + 1 sizes",
     ))
     assert regular, f"even sizes are not k * 2^d + 1 with one step: {sizes[:8]}"
+
+
+def _uneven_by_size_figure(model, low, high, even):
+    from pytest_padbias.figures import figure, to_png
+    from pytest_padbias.result import Figure
+
+    sizes = list(range(low, high + 1))
+    counts = [len(uneven_layers(model, (s, s))) for s in sizes]
+    fig, ax = figure(figsize=(7.0, 2.8))
+    ax.plot(sizes, counts, lw=0.8, color="tab:red")
+    ax.scatter(even, [0] * len(even), color="tab:green", zorder=3, s=14, label="pads evenly")
+    ax.set_xlabel("input size (square, px)")
+    ax.set_ylabel("uneven conv/pool ops")
+    ax.legend(fontsize=8)
+    return Figure(title=f"Uneven ops by input size, {low}..{high}: none only at the green sizes", png=to_png(fig))
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -98,11 +114,15 @@ def test_no_layer_is_flagged_at_a_size_the_model_pads_evenly(padbias_model, data
 def test_zero_padding_marginalises_the_periphery(padbias_model, padbias_input_size, padbias_record):
     """Claim: zero padding mildly foveates: border pixels have fewer paths to the output
     than central ones (slides, 'mild foveation')."""
+    from pytest_padbias.foveation import maps_figure
+
     counts, ratio = foveation_map(padbias_model, padbias_input_size)
     padbias_record(claim(
         "claim: foveation under zero padding", ratio < 1.0, paper="periphery used less than the centre",
         measured=round(ratio, 4), summary=f"periphery/centre path ratio {ratio:.3f}",
         source="Mind the Pad slides (001), 'mild foveation'",
+        figures=[maps_figure({"zero padding": counts}, f"Paths from each input pixel to the last feature map, "
+                             f"{padbias_input_size[0]}x{padbias_input_size[1]}")],
     ))
     assert ratio < 1.0
 
@@ -401,7 +421,23 @@ def test_even_padding_gives_higher_accuracy(padbias_model, padbias_loaded_model,
         value=gain, source="Mind the Pad slides (001), ImageNet table 224 vs 225",
         summary=f"top-1 {acc['default'][0]:.2f}% at {label['default']} -> {acc['even'][0]:.2f}% at {label['even']} "
         f"({gain:+.2f} +- {2 * se:.2f} points, {n} images from {folder.root})" + ("" if resolved else "; gain not resolved"),
+        figures=[_accuracy_figure(acc, label)],
         dataset=folder.root, matched_by=folder.matched_by, images=n, gain_resolved=resolved,
         top1_both_sizes=int(np.sum(results["even"][0] & results["default"][0])),
     ))
     assert passed, f"the even size {label['even']} is less accurate than {label['default']}: {gain:+.2f} +- {2 * se:.2f} points"
+
+
+def _accuracy_figure(acc, label):
+    from pytest_padbias.figures import figure, to_png
+    from pytest_padbias.result import Figure
+
+    fig, ax = figure(figsize=(5.0, 3.0))
+    for i, (key, colour) in enumerate((("default", "tab:red"), ("even", "tab:green"))):
+        ax.bar([i, i + 3], acc[key], color=colour, label=label[key])
+        for x, v in zip((i, i + 3), acc[key]):
+            ax.annotate(f"{v:.2f}", (x, v), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks([0.5, 3.5], ["top-1", "top-5"])
+    ax.set_ylabel("accuracy (%)")
+    ax.legend(fontsize=8)
+    return Figure(title="Accuracy at the default size and at the nearest size that pads evenly", png=to_png(fig))
