@@ -233,7 +233,7 @@ analysis_cache_key = pytest.StashKey()
 @pytest.fixture(scope="session")
 def padbias_analysis_cache(pytestconfig):
     """The run's cache of expensive analyses shared by the gates and the suites (e.g. the
-    PAN census of :func:`pytest_padbias.pans.shared_census`)."""
+    PAN census of :func:`pytest_padbias.pan_gate.shared_census`)."""
     return pytestconfig.stash.setdefault(analysis_cache_key, {})
 
 
@@ -320,8 +320,6 @@ def _memory_budget(settings) -> int:
 
 
 def _in_ci() -> bool:
-    import os
-
     return bool(os.environ.get("CI"))
 
 
@@ -431,15 +429,14 @@ class ReportCollector:
         from .summary import check_rows
 
         entries = {t["nodeid"]: t for t in self.document["tests"]}
-        rows = [(r, c) for r, c in zip(check_rows(entries), (c for t in entries.values() for c in t["checks"]))
-                if r["name"].startswith("claim: ")]
+        rows = [r for r in check_rows(entries) if r["name"].startswith("claim: ")]
         if not rows:
             return
         terminalreporter.write_sep("-", f"padbias: {len(rows)} paper claims, measured")
-        for r, check in rows:
+        for r in rows:
             colour = {"pass": {"green": True}, "FAIL": {"red": True}}.get(r["verdict"], {"yellow": True})
             terminalreporter.write_line(f"{r['verdict']:<8} {r['name'].removeprefix('claim: ')}", bold=True, **colour)
-            terminalreporter.write_line(f"         measured: {check.get('summary') or r['measured']}")
+            terminalreporter.write_line(f"         measured: {r['summary']}")
             terminalreporter.write_line(f"         paper:    {r['paper']}")
 
 

@@ -29,7 +29,8 @@ def _fmt(value) -> str:
 
 
 def check_rows(entries: dict) -> list[dict]:
-    """One row per gate or claim: name, source, paper figure, measured figure, verdict."""
+    """One row per gate or claim: name, source, paper figure, measured figure, the check's
+    one-line summary (else the measured figure), verdict."""
     rows = []
     for nodeid, entry in entries.items():
         for check in entry["checks"]:
@@ -39,7 +40,8 @@ def check_rows(entries: dict) -> list[dict]:
             if check.get("limit") is not None and "measured" not in details:
                 measured = f"{_fmt(check['value'])} (limit {_fmt(check['limit'])})"
             rows.append({"test": nodeid, "name": check["check"], "source": source, "paper": _fmt(paper),
-                         "measured": _fmt(measured), "verdict": _verdict(check, entry.get("outcome"))})
+                         "measured": _fmt(measured), "summary": check.get("summary") or _fmt(measured),
+                         "verdict": _verdict(check, entry.get("outcome"))})
     return rows
 
 
@@ -113,12 +115,12 @@ def markdown_table(document: dict) -> str:
     table of claims is made with ``python -m pytest_padbias.summary FILE``)."""
     entries = {t["nodeid"]: t for t in document["tests"]}
     lines = ["| claim or gate | source | paper | measured | verdict |", "| --- | --- | --- | --- | --- |"]
-    for r, check in zip(check_rows(entries), (c for t in entries.values() for c in t["checks"])):
-        cells = [r["name"].removeprefix("claim: "), r["source"], r["paper"], check.get("summary") or r["measured"], r["verdict"]]
+    for r in check_rows(entries):
+        cells = [r["name"].removeprefix("claim: "), r["source"], r["paper"], r["summary"], r["verdict"]]
         lines.append("| " + " | ".join(str(c).replace("|", "/").replace("\n", " ") for c in cells) + " |")
-    run = document
     lines.append("")
-    lines.append(f"Measured on {run.get('model')} ({run.get('weights')}), seed {run.get('seed')}, torch {run.get('torch_version')}.")
+    lines.append(f"Measured on {document.get('model')} ({document.get('weights')}), seed {document.get('seed')}, "
+                 f"torch {document.get('torch_version')}.")
     return "\n".join(lines)
 
 

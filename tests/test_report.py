@@ -185,3 +185,19 @@ def test_a_gate_is_not_a_claim(padbias_record):
     result.stdout.fnmatch_lines(["*padbias: 2 paper claims, measured*", "pass     it holds", "*measured: measured 93.1%",
                                  "*paper:    93.0%", "not reproduced (xfail) it does not", "*measured: measured -1.2 points"])
     assert "2% PANs" not in result.stdout.str()
+
+
+def test_markdown_claims_table_from_a_json_file():
+    from pytest_padbias.summary import markdown_table
+
+    doc = {"model": "m", "weights": "w", "seed": 3, "torch_version": "t", "tests": [
+        {"nodeid": "a::ok", "outcome": "passed", "checks": [
+            {"check": "claim: holds", "passed": True, "value": 1.0, "limit": None, "summary": "measured 93.1% | sure",
+             "details": {"paper": "93.0%", "source": "Table 1"}}]},
+        {"nodeid": "b::x", "outcome": "xfailed", "checks": [
+            {"check": "claim: does not", "passed": False, "value": 0.0, "limit": None, "details": {"measured": "-1.2", "paper": "+0.8"}}]},
+    ]}
+    lines = markdown_table(doc).splitlines()
+    assert lines[2] == "| holds | Table 1 | 93.0% | measured 93.1% / sure | pass |"
+    assert lines[3] == "| does not |  | +0.8 | -1.2 | not reproduced (xfail) |"
+    assert lines[-1] == "Measured on m (w), seed 3, torch t."
