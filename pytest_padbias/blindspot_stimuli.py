@@ -24,12 +24,10 @@ DEFAULT_STIMULUS_FRACTION = 1 / 3
 
 def input_channels(model) -> int:
     """Channels the model's first convolution expects (3 when there is none)."""
-    import torch.nn as nn
+    from .trace import first_conv
 
-    for module in model.modules():
-        if isinstance(module, nn.modules.conv._ConvNd):
-            return int(module.in_channels)
-    return 3
+    conv = first_conv(model)
+    return int(conv[1].in_channels) if conv is not None else 3
 
 
 def pixels_to_chw(pixels, what: str, channels: int, from_file: bool = False):

@@ -22,6 +22,7 @@ import os
 import traceback
 
 from .result import PadbiasError
+from .trace import first_conv
 
 #: Gates that run the model on real 2-D images (no_uneven_padding only traces it on meta).
 IMAGE_GATES = ("shift_robust", "max_pans", "no_blind_spot")
@@ -34,13 +35,6 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 def _model_tensors(model):
     yield from model.parameters()
     yield from model.buffers()
-
-
-def first_conv(model):
-    """``(name, module)`` of the model's first convolution (any dimension), or None."""
-    import torch.nn as nn
-
-    return next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
 
 
 def preflight(gate: str, ctx) -> None:

@@ -5,23 +5,16 @@ from __future__ import annotations
 from numbers import Real
 
 from .pans import PanCensus, _check_images, check_theta, pan_census
-from .result import CheckResult, GateContext, PadbiasError
+from .result import CheckResult, GateContext, PadbiasError, cached_analysis
 
 
 def shared_census(model, images, thetas, chunk_size=None, cache: dict | None = None) -> PanCensus:
     """``pan_census`` once per model object, image tensor and thresholds in a run: the
-    ``max_pans`` gate and the bundled PAN suite read the same census. ``cache`` is the
-    run's dict (``padbias_analysis_cache``); None computes afresh. Entries hold the model
-    and images themselves, so a recycled ``id`` can never match."""
-    thetas = tuple(sorted(check_theta(thetas)))
-    if cache is None:
-        return pan_census(model, images, theta=thetas, chunk_size=chunk_size)
-    key = ("pan_census", id(model), id(images), thetas)
-    hit = cache.get(key)
-    if hit is None or hit[0] is not model or hit[1] is not images:
-        hit = (model, images, pan_census(model, images, theta=thetas, chunk_size=chunk_size))
-        cache[key] = hit
-    return hit[2]
+    ``max_pans`` gate and the bundled PAN suite read the same census (``cache``: see
+    :func:`~pytest_padbias.result.cached_analysis`)."""
+    thetas = check_theta(thetas)
+    return cached_analysis(cache, "pan_census", (model, images), thetas,
+                           lambda: pan_census(model, images, theta=thetas, chunk_size=chunk_size))
 
 
 def max_pans_arguments(fraction, theta=0.5) -> dict:

@@ -76,3 +76,18 @@ class PadbiasError(Exception):
     Its message is one sentence naming the problem and what is accepted; the plugin
     shows it as a usage error or a test error, never as a torch traceback.
     """
+
+
+def cached_analysis(cache: dict | None, name: str, owners: tuple, params: tuple, compute: Callable[[], Any]):
+    """``compute()`` once per analysis ``name``, ``owners`` (the model, image tensors...,
+    matched by identity) and hashable ``params`` in a run's ``cache`` (the plugin's
+    ``padbias_analysis_cache``); None computes afresh. Entries hold the owners themselves,
+    so a recycled ``id`` can never match."""
+    if cache is None:
+        return compute()
+    key = (name, tuple(id(o) for o in owners), params)
+    hit = cache.get(key)
+    if hit is None or any(a is not b for a, b in zip(hit[0], owners)):
+        hit = (tuple(owners), compute())
+        cache[key] = hit
+    return hit[1]

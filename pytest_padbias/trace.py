@@ -308,19 +308,23 @@ def _named_tensors(model):
     yield from model.named_buffers(remove_duplicate=False)
 
 
-def _first_conv_dims(model) -> int:
+def first_conv(model):
+    """``(name, module)`` of the model's first convolution (any dimension), or None."""
     import torch.nn as nn
 
-    return next((len(m.kernel_size) for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), 2)
+    return next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
+
+
+def _first_conv_dims(model) -> int:
+    conv = first_conv(model)
+    return len(conv[1].kernel_size) if conv is not None else 2
 
 
 def _first_in_channels(model) -> int:
-    import torch.nn as nn
-
-    for m in model.modules():
-        if isinstance(m, nn.modules.conv._ConvNd):
-            return m.in_channels
-    raise PadbiasError("the model has no convolution layer (nn.Conv1d/Conv2d), so it has no padding to analyse")
+    conv = first_conv(model)
+    if conv is None:
+        raise PadbiasError("the model has no convolution layer (nn.Conv1d/Conv2d), so it has no padding to analyse")
+    return conv[1].in_channels
 
 
 def axis_read(n_in, before, after, k, s, d, ceil, own_after=None):

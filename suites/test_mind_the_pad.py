@@ -152,17 +152,13 @@ def test_uneven_padding_skews_the_mean_filters_of_strided_layers(padbias_model, 
     assert uneven > stride1, f"uneven strided layers skew {uneven:.3f}, no more than stride-1 layers ({stride1:.3f})"
 
 
-_artifact_cache: dict = {}
-
-
-def _line_artifacts(model, input_size, mode):
+def _line_artifacts(model, input_size, mode, cache):
     """One line-artifact analysis per model, size and mode in a run (two tests read it)."""
     from pytest_padbias.artifacts import line_artifacts
+    from pytest_padbias.result import cached_analysis
 
-    key = (id(model), tuple(input_size), mode)
-    if key not in _artifact_cache:
-        _artifact_cache[key] = line_artifacts(model, input_size, padding_mode=mode)
-    return _artifact_cache[key]
+    return cached_analysis(cache, "line_artifacts", (model,), (tuple(input_size), mode),
+                           lambda: line_artifacts(model, input_size, padding_mode=mode))
 
 
 def _needs_trained_filters(settings):
@@ -174,15 +170,15 @@ def _needs_trained_filters(settings):
 
 
 def test_zero_padding_makes_line_artifacts_that_mirror_padding_reduces(padbias_model, padbias_input_size, padbias_settings,
-                                                                       padbias_record):
+                                                                       padbias_record, padbias_analysis_cache):
     """Claim: under zero padding the mean feature maps show lines along the borders, even for
     a constant input; mirror padding reduces them (slides, 'Feature maps under 0-padding /
     under mirror padding'; reading notes 003: from the second conv on)."""
     from pytest_padbias.artifacts import line_artifact_figure
 
     _needs_trained_filters(padbias_settings)
-    zero = _line_artifacts(padbias_model, padbias_input_size, "zeros")
-    mirror = _line_artifacts(padbias_model, padbias_input_size, "reflect")
+    zero = _line_artifacts(padbias_model, padbias_input_size, "zeros", padbias_analysis_cache)
+    mirror = _line_artifacts(padbias_model, padbias_input_size, "reflect", padbias_analysis_cache)
 
     def mean_score(result):
         scores = [s for _layer, s in result.by_depth("zeros") if s is not None]
@@ -200,7 +196,8 @@ def test_zero_padding_makes_line_artifacts_that_mirror_padding_reduces(padbias_m
 
 
 def test_line_artifacts_start_after_the_first_layer_and_grow_with_depth(padbias_model, padbias_input_size,
-                                                                        padbias_settings, padbias_record):
+                                                                        padbias_settings, padbias_record,
+                                                                        padbias_analysis_cache):
     """Claim: on a constant (zero) input the first conv's output has no border lines, the
     lines appear from the second conv on and are stronger in the deeper layers (reading
     notes 003, 'from the second conv on'; slides, 'Feature maps under 0-padding')."""
@@ -208,8 +205,8 @@ def test_line_artifacts_start_after_the_first_layer_and_grow_with_depth(padbias_
     from pytest_padbias.result import Figure
 
     _needs_trained_filters(padbias_settings)
-    by_depth = [(layer, s) for layer, s in _line_artifacts(padbias_model, padbias_input_size, "zeros").by_depth("zeros")
-                if s is not None]
+    zero = _line_artifacts(padbias_model, padbias_input_size, "zeros", padbias_analysis_cache)
+    by_depth = [(layer, s) for layer, s in zero.by_depth("zeros") if s is not None]
     scores = [s for _layer, s in by_depth]
     third = max(1, len(scores) // 3)
     first, shallow, deep = scores[0], sum(scores[:third]) / third, sum(scores[-third:]) / third
@@ -281,7 +278,7 @@ def _even_sizes_for_foveation(model):
     return [s for s in even_sizes(model, 64, 456)]
 
 
-def test_smaller_inputs_are_marginalised_more(padbias_model, padbias_record):
+def test_smaller_inputs_are_marginalised_more(padbias_model, padbias_record, padbias_analysis_cache):
     """Claim: relative to the input size, boundary marginalisation is more extensive in
     smaller inputs: the fraction of pixels with fewer than half an interior pixel's paths
     falls as the input grows (slides, "computed for ResNet-50")."""
@@ -291,7 +288,7 @@ def test_smaller_inputs_are_marginalised_more(padbias_model, padbias_record):
     if len(sizes) < 3:
         sizes = [97, 161, 225, 321, 449]
     sizes = sizes[:: max(1, len(sizes) // 6)]
-    fractions = {s: _marginalised(padbias_model, s) for s in sizes}
+    fractions = {s: _marginalised(padbias_model, s, padbias_analysis_cache) for s in sizes}
     values = [fractions[s] for s in sizes]
     passed = all(a >= b for a, b in zip(values, values[1:])) and values[0] > values[-1]
     padbias_record(claim(
@@ -306,25 +303,20 @@ def test_smaller_inputs_are_marginalised_more(padbias_model, padbias_record):
     assert passed, f"the marginalised fraction does not fall with input size: {fractions}"
 
 
-_marginal_cache: dict = {}
-
-
-def _marginalised(model, size):
+def _marginalised(model, size, cache):
+    """The marginalised fraction at one size, against the model's interior count; both are
+    computed once per model in a run (three tests read them)."""
     from pytest_padbias.foveation import interior_count, marginalised_fraction
+    from pytest_padbias.result import cached_analysis
 
-    key = id(model)
-    if key not in _marginal_cache:
-        _marginal_cache.clear()
-        _marginal_cache[key] = {"reference": interior_count(model)}
-    cache = _marginal_cache[key]
-    if size not in cache:
-        cache[size] = marginalised_fraction(model, [size], cache["reference"])[size]
-    return cache[size]
+    reference = cached_analysis(cache, "interior_count", (model,), (), lambda: interior_count(model))
+    return cached_analysis(cache, "marginalised_fraction", (model,), (size,),
+                           lambda: marginalised_fraction(model, [size], reference)[size])
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_a_larger_even_size_is_never_marginalised_more(padbias_model, data):
+def test_a_larger_even_size_is_never_marginalised_more(padbias_model, padbias_analysis_cache, data):
     """Property: for any two generated input sizes that pad evenly, the larger one has no
     larger fraction of marginalised pixels (slides, foveation by input size)."""
     sizes = _even_sizes_for_foveation(padbias_model)[:8]
@@ -333,7 +325,8 @@ def test_a_larger_even_size_is_never_marginalised_more(padbias_model, data):
 
         pytest.skip("fewer than two sizes in 64..456 pad evenly for this model")
     small, large = sorted(data.draw(st.lists(st.sampled_from(sizes), min_size=2, max_size=2, unique=True)))
-    assert _marginalised(padbias_model, small) >= _marginalised(padbias_model, large), (small, large)
+    assert (_marginalised(padbias_model, small, padbias_analysis_cache)
+            >= _marginalised(padbias_model, large, padbias_analysis_cache)), (small, large)
 
 
 def test_reflect_and_replicate_padding_also_foveate(padbias_model, padbias_input_size, padbias_record):
