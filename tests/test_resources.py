@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,41 +82,17 @@ def test_the_meta_replay_counts_live_tensors_not_all_tensors():
     assert three.peak == 2 * 131072 and three.total == 4 * 131072 and three.input_bytes == 3 * 64 * 64 * 4
 
 
-MEASURE = textwrap.dedent("""
-    import json, resource, sys
-    import torch, torchvision
-
-    name, size, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    torch.set_num_threads(1)
-    model = getattr(torchvision.models, name)(weights=None).eval()
-    with torch.no_grad():
-        model(torch.randn(1, 3, 64, 64))  # load the kernels first
-    x = torch.randn(batch, 3, size, size)
-    rss = lambda: int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
-    def maxrss():
-        # VmHWM is this process's own peak; ru_maxrss also keeps the peak of the parent's
-        # memory from before exec (Linux carries it over), so it is only the fallback
-        try:
-            return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
-        except (OSError, StopIteration):
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    before, max_before = rss(), maxrss()
-    with torch.no_grad():
-        model(x)
-    print(json.dumps({"extra": maxrss() - before, "rose": maxrss() > max_before}))
-""")
+MEASURE = Path(__file__).resolve().parent.parent / "bench" / "measure_peak.py"
 
 
 @pytest.mark.parametrize("name, size, batch", [("resnet18", 1024, 1), ("mobilenet_v2", 224, 16)])
-def test_estimate_is_within_the_stated_factor_of_the_measured_peak(name, size, batch, tmp_path):
+def test_estimate_is_within_the_stated_factor_of_the_measured_peak(name, size, batch):
     """Measured peak RSS of a real forward pass (fresh process, VmHWM / ru_maxrss) against the meta
     estimate: measured <= the plan (SAFETY_FACTOR x estimate + input + per-pass overhead)
     and >= 0.8 x the raw estimate (the estimate is not an inflated guess)."""
     import torchvision
 
-    script = tmp_path / "measure.py"
-    script.write_text(MEASURE)
-    out = subprocess.run([sys.executable, str(script), name, str(size), str(batch)], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, str(MEASURE), name, str(size), str(batch)], capture_output=True, text=True,
                          check=True, env={"OMP_NUM_THREADS": "1", "PATH": ""})
     measured = json.loads(out.stdout)
     assert measured["rose"], "the forward pass did not raise the peak RSS; the measurement says nothing"
