@@ -14,6 +14,9 @@ GATE_SOURCES = {
                       "zero vs mirror padding AP 80.24% vs 83.20% (SSD)"),
 }
 
+VERDICT_COLOURS = {"pass": "#1a7f37", "reproduced": "#1a7f37", "FAIL": "#cf222e", "contradicted": "#cf222e",
+                   "not run": "#57606a"}
+
 PREFERRED_FIGURES = ("uneven padding", "pan", "blind spot", "detectability")
 
 
@@ -46,6 +49,11 @@ def check_rows(entries: dict) -> list[dict]:
 
 
 def _verdict(check: dict, outcome) -> str:
+    """A claim's own verdict (reproduced, contradicted, not resolved, not run) when it
+    records one; else pass/FAIL for a gate or a claim measured without an interval."""
+    verdict = (check.get("details") or {}).get("verdict")
+    if verdict:
+        return str(verdict)
     if outcome == "xfailed":
         return "not reproduced (xfail)"
     return "pass" if check.get("passed") else "FAIL"
@@ -85,7 +93,7 @@ def summary_html(run: dict, entries: dict, figures: list[tuple[str, str]], compa
     parts.append('<table id="padbias-checks" class="padbias-checks"><thead><tr><th>gate / claim</th><th>test</th>'
                  "<th>source</th><th>paper</th><th>measured</th><th>verdict</th></tr></thead><tbody>")
     for r in rows:
-        colour = {"pass": "#1a7f37", "FAIL": "#cf222e"}.get(r["verdict"], "#9a6700")
+        colour = VERDICT_COLOURS.get(r["verdict"], "#9a6700")
         parts.append(f"<tr><td>{e(r['name'])}</td><td>{e(r['test'])}</td><td>{e(r['source'])}</td>"
                      f"<td>{e(r['paper'])}</td><td>{e(r['measured'])}</td>"
                      f'<td style="color:{colour};font-weight:bold">{e(r["verdict"])}</td></tr>')
