@@ -12,12 +12,12 @@ a PAN for the border when KS >= theta and (KS+ >= theta or KS- >= theta).
 How it is computed, exactly and fast. Every statistic is a function of two counts per
 border value b: lt(b) = #(centre < b) and le(b) = #(centre <= b), since the k highest
 centre values hold max(0, lt(b) - (M - k)) values below b and the k lowest min(k, le(b))
-(M = centre size). Each KS statistic is then a maximum over the sorted border values of
-an integer numerator over n*M: the same rational scipy.stats.ks_2samp returns, rounded
-once. The counts come from one numpy sort of each channel's centre (numpy's vectorised
-sort is an order of magnitude faster than torch.sort on CPU) and a binary search of the
-border values into it; blocks of channels run on the CPU's threads. Each layer is
-analysed in its forward hook and its activations are dropped with it.
+(M = centre size). Each KS statistic is then a maximum over the sorted border values,
+rounded exactly as scipy.stats.ks_2samp rounds it (``ks_from_counts``), so the values are
+scipy's bit for bit. The counts come from one numpy sort of each channel's centre and
+binary searches of the border values into it, only where a maximum can be
+(``pans_counts``); blocks of channels run on the CPU's threads. Each layer is analysed
+in its forward hook and its activations are dropped with it.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from numbers import Real
 from typing import Any
 
+from .pans_counts import ELEM_BUDGET, SortPool, exact_counts, pruned_counts, search_step, sorted_centre
 from .result import PadbiasError
 
 BORDERS = ("T", "B", "L", "R")
@@ -33,9 +34,6 @@ BORDER_NAMES = {"T": "top row", "B": "bottom row", "L": "left column", "R": "rig
 #: The 15 non-empty border sets in the paper's Table 2 order, then "none".
 PAN_TYPES = ("T", "B", "L", "R", "TB", "TL", "TR", "BL", "BR", "LR",
              "TBL", "TBR", "TLR", "BLR", "TBLR", "none")
-
-_ELEM_BUDGET = 1 << 22    # centre values sorted at once (a 16 MB buffer)
-
 
 def check_theta(theta) -> tuple[float, ...]:
     """theta (a number or a sequence of numbers) as a sorted tuple, each in (0, 1]."""
@@ -185,29 +183,55 @@ class PanCensus:
 # ------------------------------------------------------------------------ exact kernel
 
 
+#: scipy.stats.ks_2samp's method='auto' computes the exact p-value, and with it rounds the
+#: statistic once from its exact lattice value h / lcm(n1, n2), up to this sample size
+AUTO_EXACT_MAX = 10000
+
+
+def _sup(a, n_a: int, b, n_b: int):
+    """Per row, max over j of a_j / n_a - b_j / n_b, at least 0, rounded as ks_2samp rounds it.
+
+    One of ``a``, ``b`` is a count array ``[rows, n]``, the other a vector over j. In
+    ks_2samp's exact mode the statistic is h / lcm rounded once (the integer numerator
+    over n_a * n_b here); in its asymptotic mode it is the float64 difference of the two
+    ECDF values, each rounded, as its ``cdf1 - cdf2`` (rounding is monotone and symmetric,
+    so the maximum of the rounded differences is at the exact maximum's j)."""
+    import numpy as np
+
+    array, vector = (a, b) if a.ndim == 2 else (b, a)
+    if max(n_a, n_b) <= AUTO_EXACT_MAX:
+        work = np.multiply(array, n_b if array is a else -n_a)
+        work += vector * n_b if vector is a else -vector * n_a
+        return np.maximum(work.max(axis=1), 0) / float(n_a * n_b)
+    if array is a:
+        work = np.divide(array, n_a)
+        work -= vector / n_b
+    else:
+        work = np.divide(array, n_b)
+        np.subtract(vector / n_a, work, out=work)
+    return np.maximum(work.max(axis=1), 0.0)
+
+
 def ks_from_counts(lt, le, n: int, m: int):
-    """KS, KS+ and KS- per row from exact counts of the centre below sorted border values.
+    """KS, KS+ and KS- per row from exact counts of the centre below sorted border values,
+    equal to scipy.stats.ks_2samp's statistics (method 'auto', what a plain call uses).
 
     ``lt``/``le`` are int64 arrays ``[rows, n]``: #(centre < b_j) and #(centre <= b_j) for
     the border values b_1 <= ... <= b_n of each row; ``m`` is the centre size. An ECDF
     difference F_border - F_centre can only rise at a border value, F_centre - F_border
     only just before one, so both sups are maxima over j (a tie group's last j gives
     #(border <= b_j) = j, its first gives #(border < b_j) = j - 1; the other j's of the
-    group give smaller values). Numerators are exact integers over n*m (or n*k), so each
-    statistic is one rounding of the rational scipy.stats.ks_2samp returns.
+    group give smaller values).
     """
     import numpy as np
 
     j = np.arange(1, n + 1, dtype=np.int64)
-    d_plus = np.maximum((j * m - le * n).max(axis=1), 0)
-    d_minus = np.maximum((lt * n - (j - 1) * m).max(axis=1), 0)
-    ks = np.maximum(d_plus, d_minus) / float(n * m)
+    ks = np.maximum(_sup(j, n, le, m), _sup(lt, m, j - 1, n))
     k = min(n, m)
     # the k highest centre values hold max(0, lt - (m - k)) values below b: 'less' = sup(F_top - F_border)
-    top_below = np.maximum(lt - (m - k), 0)
-    ks_plus = np.maximum((top_below * n - (j - 1) * k).max(axis=1), 0) / float(n * k)
+    ks_plus = _sup(np.maximum(lt - (m - k), 0), k, j - 1, n)
     # the k lowest hold min(k, le) values at or below b: 'greater' = sup(F_border - F_bottom)
-    ks_minus = np.maximum((j * k - np.minimum(le, k) * n).max(axis=1), 0) / float(n * k)
+    ks_minus = _sup(j, n, np.minimum(le, k), k)
     return ks, ks_plus, ks_minus
 
 
@@ -275,26 +299,19 @@ class _LayerScan:
             raise PadbiasError(f"layer {self.name} produced NaN or infinite activations; the PAN census needs finite conv outputs")
 
     # pass 2: exact counts of the centre below every border value
-    def count_rows(self, out, r0: int, r1: int, pool: _SortPool) -> None:
-        import numpy as np
-
+    def count_rows(self, out, r0: int, r1: int, pool: SortPool, whole: bool) -> None:
+        """Counts of channels r0:r1 in this pass's centre. With ``whole`` (one pass over all
+        images) they are final, so only the ones a maximum can depend on are searched."""
         n, c, h, w = out.shape
-        per_row = n * (h - 2) * (w - 2)
-        # one contiguous, sorted copy of the block's centre rows: the only per-value work
-        block = pool.buffer((r1 - r0) * per_row).reshape(r1 - r0, per_row)
-        np.copyto(block.reshape(r1 - r0, n, h - 2, w - 2), out[:, r0:r1, 1:h - 1, 1:w - 1].transpose(1, 0, 2, 3))
-        block.sort(axis=1)  # numpy's vectorised sort, many times faster than torch.sort on CPU
-        if not (np.isfinite(block[:, 0]).all() and np.isfinite(block[:, -1]).all()):
-            raise PadbiasError(f"layer {self.name} produced NaN or infinite activations; the PAN census needs finite conv outputs")
-        queries = self.queries[r0:r1]
-        below = np.stack([np.searchsorted(row, q, "left") for row, q in zip(block, queries)])
-        self.lt[r0:r1] += below
-        # <= differs from < only where a border value equals a centre value
-        tied = np.take_along_axis(block, np.minimum(below, per_row - 1), axis=1) == queries
-        for i in np.flatnonzero(tied.any(axis=1)):
-            values, where = np.unique(queries[i, tied[i]], return_inverse=True)  # ties repeat few values (often 0)
-            below[i, tied[i]] = np.searchsorted(block[i], values, "right")[where]
-        self.le[r0:r1] += below
+        m = n * (h - 2) * (w - 2)
+        centre = sorted_centre(out, r0, r1, pool.buffer((r1 - r0) * m), self.name)
+        step = search_step(m, min(self.sizes)) if whole else None
+        if step is None:
+            lt, le = exact_counts(centre, self.queries[r0:r1])
+            self.lt[r0:r1] += lt
+            self.le[r0:r1] += le
+        else:
+            self.lt[r0:r1], self.le[r0:r1] = pruned_counts(centre, self.queries[r0:r1], self.sizes, step)
 
     def finish_rows(self, r0: int, r1: int) -> None:
         h, w = self.out_size
@@ -305,9 +322,9 @@ class _LayerScan:
                 self.stats[i, r0:r1, b] = ks[i]
 
     def blocks(self, workers: int, per_row: int):
-        """Row blocks: at most _ELEM_BUDGET centre values each, at least one per worker."""
+        """Row blocks: at most ELEM_BUDGET centre values each, at least one per worker."""
         channels = self.queries.shape[0]
-        rows = max(1, min(_ELEM_BUDGET // max(per_row, 1), -(-channels // workers)))
+        rows = max(1, min(ELEM_BUDGET // max(per_row, 1), -(-channels // workers)))
         return [(r0, min(r0 + rows, channels)) for r0 in range(0, channels, rows)]
 
     def result(self):
@@ -322,40 +339,6 @@ class _LayerScan:
         return LayerInfo(self.name, c.out_channels, tuple(c.kernel_size), tuple(c.stride), tuple(int(p) for p in pad),
                          c.padding_mode, (h, w), (self.n_images * w,) * 2 + (self.n_images * h,) * 2,
                          self.n_images * (h - 2) * (w - 2), self.seconds)
-
-
-class _SortPool:
-    """Runs blocks of channels on the CPU's threads (numpy releases the GIL while it sorts
-    and searches); each thread keeps one scratch buffer, since fresh large allocations
-    cost page faults on every layer."""
-
-    def __init__(self, workers: int):
-        import threading
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.workers = max(1, workers)
-        self.executor = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
-        self.local = threading.local()
-
-    def buffer(self, numel: int):
-        import numpy as np
-
-        array = getattr(self.local, "array", None)
-        if array is None or array.size < numel:
-            array = self.local.array = np.empty(max(numel, _ELEM_BUDGET), dtype=np.float32)
-        return array[:numel]
-
-    def run(self, job, blocks) -> None:
-        if self.executor is None or len(blocks) == 1:
-            for r0, r1 in blocks:
-                job(r0, r1)
-            return
-        for future in [self.executor.submit(job, r0, r1) for r0, r1 in blocks]:
-            future.result()
-
-    def close(self) -> None:
-        if self.executor is not None:
-            self.executor.shutdown()
 
 
 # ---------------------------------------------------------------------------- census
@@ -408,7 +391,7 @@ def pan_census(model, images, theta=(0.4, 0.5), min_kernel: int = 2, chunk_size:
                            "so it has no neurons a PAN census can analyse")
     n = images.shape[0]
     chunks = list(torch.split(images, chunk_size or n))
-    pool = _SortPool(torch.get_num_threads())
+    pool = SortPool(torch.get_num_threads())
     scans = {name: _LayerScan(name, conv, n) for name, conv in convs}
     results: dict[str, list] = {}
     stage = {"step": "collect"}
@@ -426,14 +409,14 @@ def pan_census(model, images, theta=(0.4, 0.5), min_kernel: int = 2, chunk_size:
                 scan.collect(out, keep=False)
                 scan.prepare(out.shape[1])
                 blocks = scan.blocks(pool.workers, out.shape[0] * (out.shape[2] - 2) * (out.shape[3] - 2))
-                pool.run(lambda r0, r1: (scan.prepare_rows(r0, r1, out), scan.count_rows(out, r0, r1, pool),
+                pool.run(lambda r0, r1: (scan.prepare_rows(r0, r1, out), scan.count_rows(out, r0, r1, pool, True),
                                          scan.finish_rows(r0, r1)), blocks)
                 results[scan.name] = scan.result()
             elif stage["step"] == "collect":
                 scan.collect(out, keep=True)
             else:
                 blocks = scan.blocks(pool.workers, out.shape[0] * (out.shape[2] - 2) * (out.shape[3] - 2))
-                pool.run(lambda r0, r1: scan.count_rows(out, r0, r1, pool), blocks)
+                pool.run(lambda r0, r1: scan.count_rows(out, r0, r1, pool, False), blocks)
             scan.seconds += time.perf_counter() - started
         return hook
 

@@ -7,6 +7,7 @@ reference for the statistics on a real network and on generated samples with tie
 from __future__ import annotations
 
 import json
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -16,10 +17,10 @@ import torch.nn as nn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pytest_padbias import pan_figures
+from pytest_padbias import pan_figures, pans_counts
 from pytest_padbias.intervention import pan_reflect_experiment, random_control
 from pytest_padbias.pan_gate import max_pans_arguments, max_pans_check
-from pytest_padbias.pans import BORDERS, PAN_TYPES, pan_census
+from pytest_padbias.pans import BORDERS, PAN_TYPES, ks_from_counts, pan_census
 from pytest_padbias.result import GateContext, PadbiasError
 
 SOBEL_X = [[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]
@@ -36,13 +37,14 @@ def conv_with_kernels(kernels, bias=None) -> nn.Conv2d:
 
 
 def scipy_statistics(border, centre):
-    """(KS, KS+, KS-) as the paper defines them, computed by scipy."""
+    """(KS, KS+, KS-) as the paper defines them, computed by a plain scipy call (method 'auto':
+    exact lattice rounding up to 10000 values per sample, float ECDF differences above)."""
     centre = np.sort(centre)
     k = len(border)
     return (
-        scipy.stats.ks_2samp(border, centre, method="asymp").statistic,
-        scipy.stats.ks_2samp(border, centre[-k:], alternative="less", method="asymp").statistic,
-        scipy.stats.ks_2samp(border, centre[:k], alternative="greater", method="asymp").statistic,
+        scipy.stats.ks_2samp(border, centre).statistic,
+        scipy.stats.ks_2samp(border, centre[-k:], alternative="less").statistic,
+        scipy.stats.ks_2samp(border, centre[:k], alternative="greater").statistic,
     )
 
 
@@ -53,14 +55,15 @@ def border_samples(out: np.ndarray):
 
 
 def assert_matches_scipy(census, activations):
-    worst = 0.0
+    """Every statistic of every neuron equal to scipy's, bit for bit."""
+    differ = []
     for row in range(census.n_neurons):
         layer = census.layers[census.layer_index[row]].name
         borders, centre = border_samples(activations[layer][:, census.channel[row]])
         for b, border in enumerate(borders):
             mine = (census.ks[row, b], census.ks_plus[row, b], census.ks_minus[row, b])
-            worst = max(worst, *(abs(x - y) for x, y in zip(mine, scipy_statistics(border, centre))))
-    assert worst <= 1e-6
+            differ += [(layer, row, b, x, y) for x, y in zip(mine, scipy_statistics(border, centre)) if x != y]
+    assert not differ, differ[:5]
 
 
 def conv_outputs(model, images):
@@ -132,6 +135,45 @@ def test_every_neuron_of_a_real_network_matches_scipy():
     assert_matches_scipy(census, conv_outputs(model, images))
 
 
+def test_every_neuron_matches_scipy_where_searches_are_pruned_and_rounding_is_asymptotic():
+    """ResNet-18's stem on 3 images of 128x128: the 64x64 maps have 11532 centre values,
+    above which ks_2samp rounds ECDF differences in float64 instead of its exact lattice,
+    and 60 centre values per border value, where the census searches only where a maximum
+    can be; layer1's 32x32 maps are pruned too. Every statistic equals scipy's."""
+    torch.manual_seed(0)
+    import torchvision
+
+    net = torchvision.models.resnet18(num_classes=10).eval()
+    model = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1).eval()
+    images = torch.randn(3, 3, 128, 128)
+    census = pan_census(model, images)
+    assert census.layers[0].centre_count > 10000 and census.layers[0].out_size == (64, 64)
+    assert_matches_scipy(census, conv_outputs(model, images))
+
+
+@pytest.mark.parametrize("levels", [50, None])
+def test_pruned_counts_differ_from_the_full_counts_but_give_the_same_statistics(levels):
+    """Counts that no maximum depends on are left as bounds (so the pruning prunes), yet
+    every statistic is the one of the full counts; with few levels, ties everywhere."""
+    rng = np.random.default_rng(levels or 0)
+    rows, m, sizes = 6, 40000, [400, 400, 300, 300]
+    values = rng.integers(0, levels, (rows, m + sum(sizes))) if levels else rng.standard_normal((rows, m + sum(sizes)))
+    values = values.astype(np.float32)
+    values[:, m:m + 400] += 0.3  # one border shifted: a large KS somewhere
+    centre = np.sort(values[:, :m], axis=1)
+    queries = np.concatenate([np.sort(part, axis=1) for part in np.split(values[:, m:], np.cumsum(sizes)[:-1], axis=1)], axis=1)
+    full = pans_counts.exact_counts(centre, queries)
+    pruned = pans_counts.pruned_counts(centre, queries, sizes, pans_counts.search_step(m, min(sizes)))
+    assert any((p != f).any() for p, f in zip(pruned, full))
+    start = 0
+    for size in sizes:
+        seg = slice(start, start + size)
+        for mine, ref in zip(ks_from_counts(pruned[0][:, seg], pruned[1][:, seg], size, m),
+                             ks_from_counts(full[0][:, seg], full[1][:, seg], size, m)):
+            np.testing.assert_array_equal(mine, ref)
+        start += size
+
+
 identity = nn.Conv2d(1, 1, 1, bias=False).eval()
 with torch.no_grad():
     identity.weight.fill_(1.0)
@@ -149,17 +191,22 @@ def test_generated_samples_with_ties_match_scipy(n, h, w, levels, scale, seed):
     census = pan_census(identity, maps, min_kernel=1)
     assert_matches_scipy(census, {"": maps.numpy()[:, 0][:, None]})
     chunked = pan_census(identity, maps, min_kernel=1, chunk_size=1)
-    np.testing.assert_array_equal(chunked.ks, census.ks)
-    np.testing.assert_array_equal(chunked.ks_plus, census.ks_plus)
-    np.testing.assert_array_equal(chunked.ks_minus, census.ks_minus)
+    with mock.patch.object(pans_counts, "PRUNE_FROM", 0):  # the pruned searches on these small maps too
+        pruned = pan_census(identity, maps, min_kernel=1)
+    for other in (chunked, pruned):
+        np.testing.assert_array_equal(other.ks, census.ks)
+        np.testing.assert_array_equal(other.ks_plus, census.ks_plus)
+        np.testing.assert_array_equal(other.ks_minus, census.ks_minus)
 
 
 def test_chunked_census_is_identical_on_a_real_network():
+    """The chunked mode counts everything exactly; the single pass prunes its searches on
+    the 48x48 and 24x24 maps; the statistics are the same."""
     torch.manual_seed(1)
     import torchvision
 
     model = torchvision.models.resnet18(num_classes=10).eval()
-    images = torch.randn(3, 3, 32, 32)
+    images = torch.randn(3, 3, 96, 96)
     whole, chunked = pan_census(model, images), pan_census(model, images, chunk_size=2)
     for name in ("ks", "ks_plus", "ks_minus"):
         np.testing.assert_array_equal(getattr(whole, name), getattr(chunked, name))
