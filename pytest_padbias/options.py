@@ -50,10 +50,14 @@ def _int_at_least(low: int, what: str):
 
 
 def parse_device(text: str) -> str:
-    value = str(text).strip().lower()
-    if value not in DEVICES:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a device; accepted: {', '.join(DEVICES)}")
-    return value
+    """``cpu``, ``cuda``, ``auto`` or a comma-separated list of them (``cpu,cuda``)."""
+    parts = [p.strip().lower() for p in str(text).split(",")]
+    for part in parts:
+        if part not in DEVICES:
+            shown = repr(part) if len(parts) > 1 else repr(text)
+            raise argparse.ArgumentTypeError(f"{shown} is not a device; accepted: {', '.join(DEVICES)}, "
+                                             "or a comma-separated list of them such as cpu,cuda")
+    return ",".join(dict.fromkeys(parts))
 
 
 def parse_weights(text: str) -> str:
@@ -101,6 +105,31 @@ def parse_dataset(text: str) -> str:
     return value
 
 
+ZOO_PROFILES = ("quick", "report")
+
+
+def parse_zoo_profile(text: str) -> str:
+    value = str(text).strip().lower()
+    if value not in ZOO_PROFILES:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a zoo profile; accepted: {', '.join(ZOO_PROFILES)}")
+    return value
+
+
+def parse_zoo_data(text: str) -> str:
+    value = str(text).strip()
+    if not value:
+        raise argparse.ArgumentTypeError("the zoo data folder is empty; give the root folder of torchvision's EMNIST "
+                                         "(the one holding EMNIST/raw/)")
+    try:
+        is_dir = Path(value).expanduser().is_dir()
+    except (OSError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"zoo data folder {value[:80]!r} is not a usable path ({exc.__class__.__name__})") from None
+    if not is_dir:
+        raise argparse.ArgumentTypeError(f"zoo data folder {value} does not exist; give the root folder of torchvision's "
+                                         "EMNIST (the one holding EMNIST/raw/)")
+    return value
+
+
 def parse_compare(text: str) -> str:
     from .compare import load_run
 
@@ -126,12 +155,15 @@ OPTIONS = {
     "model": (parse_model, DEFAULT_MODEL,
               "model to audit: a torchvision classifier name (resnet50, mobilenet_v3_large, ...), "
               "torchvision:NAME, timm:NAME, package.module:callable or path/to/file.py:callable "
-              f"returning an nn.Module (default: {DEFAULT_MODEL})"),
+              "returning an nn.Module; torchvision:* is every torchvision classifier (also torchvision:resnet*). "
+              "Give it several times to audit several models: each test using padbias_model runs once per model "
+              f"(default: {DEFAULT_MODEL})"),
     "weights": (parse_weights, "default",
                 "default (torchvision's weights from the hub cache, $TORCH_HOME or an offline package, "
                 "else downloaded), none (random init), or a .pth/.pt/.safetensors state dict"),
     "input-size": (parse_input_size, None, "input size H or HxW (default: the weights' own crop size, else 224)"),
-    "device": (parse_device, "cpu", "cpu, cuda or auto (default: cpu)"),
+    "device": (parse_device, "cpu",
+               "cpu, cuda or auto, or several (cpu,cuda): the tests run on each, for each model (default: cpu)"),
     "seed": (_int_at_least(0, "--padbias-seed"), 0, "seed for images, shifts, hypothesis and random controls (default: 0)"),
     "images": (_int_at_least(1, "--padbias-images"), 32, "number of natural photographs in padbias_images (default: 32)"),
     "max-examples": (_int_at_least(1, "--padbias-max-examples"), 50, "hypothesis examples per shift search (default: 50)"),
@@ -140,12 +172,19 @@ OPTIONS = {
                 "weights' categories or ImageNet's n01440764... folders), e.g. an ImageNet validation folder"),
     "dataset-limit": (_int_at_least(0, "--padbias-dataset-limit"), 0,
                       "use at most this many images of --padbias-dataset, drawn with the seed across classes (0 = all)"),
-    "zoo-seeds": (_int_at_least(1, "--padbias-zoo-seeds"), 2,
-                  "training seeds per zoo model in the reproducibility suites: --padbias-seed, the next, ... (default 2; "
-                  "the report used 3)"),
-    "zoo-epochs": (_int_at_least(1, "--padbias-zoo-epochs"), 3, "training epochs of the zoo's letter classifiers (default 3)"),
-    "zoo-train-images": (_int_at_least(26, "--padbias-zoo-train-images"), 4800,
-                         "training images of the zoo's letter classifiers (default 4800; the report trained on 60 000)"),
+    "zoo-profile": (parse_zoo_profile, "quick",
+                    "training budget of the zoo's models in the reproducibility suites: quick (default, a cold run in "
+                    "minutes on 2 CPU cores) or report (the report's protocol: 60 000 images, 3 seeds, early stopping)"),
+    "zoo-seeds": (_int_at_least(1, "--padbias-zoo-seeds"), None,
+                  "training seeds per zoo model: --padbias-seed, the next, ... (default: the zoo profile's)"),
+    "zoo-epochs": (_int_at_least(1, "--padbias-zoo-epochs"), None,
+                   "most training epochs of the zoo's letter classifiers; early stopping may end sooner (default: the zoo profile's)"),
+    "zoo-train-images": (_int_at_least(26, "--padbias-zoo-train-images"), None,
+                         "training images of the zoo's letter classifiers (default: the zoo profile's; the report used 60 000)"),
+    "zoo-data": (parse_zoo_data, None,
+                 "train the zoo's letter classifiers on EMNIST letters read from this folder, laid out as "
+                 "torchvision.datasets.EMNIST(root, split='letters') reads it (EMNIST/raw/*-idx?-ubyte[.gz]); never downloaded "
+                 "(default: synthetic letters rendered offline)"),
     "json": (parse_path, None, "write the gate and claim results as JSON to this path"),
     "report-dir": (parse_path, None,
                    "write the HTML report (with pytest-html) and the JSON to this folder, named after the model, "
@@ -171,9 +210,11 @@ class Settings:
     seed: int = 0
     images: int = 32
     max_examples: int = 50
-    zoo_seeds: int = 2
-    zoo_epochs: int = 3
-    zoo_train_images: int = 4800
+    zoo_profile: str = "quick"
+    zoo_seeds: int | None = None
+    zoo_epochs: int | None = None
+    zoo_train_images: int | None = None
+    zoo_data: str | None = None
     dataset: str | None = None
     dataset_limit: int = 0
     json: str | None = None
@@ -183,18 +224,29 @@ class Settings:
     max_memory: str = "auto"
     html: str | None = None
     explicit_model: bool = False
+    #: Every --padbias-model and --padbias-device of the run; ``model`` and ``device`` above
+    #: are the test's own (the first ones outside a model's tests).
+    models: tuple[str, ...] = (DEFAULT_MODEL,)
+    devices: tuple[str, ...] = ("cpu",)
 
 
 def dest(name: str) -> str:
     return "padbias_" + name.replace("-", "_")
 
 
+#: Options that may be given several times; their ini keys hold a list (``args``: one
+#: value per line or separated by spaces, shell-quoted).
+REPEATABLE = ("model", "device")
+
+
 def add_options(parser) -> None:
     group = parser.getgroup("padbias", "pytest-padbias: spatial bias of CNNs from zero padding")
     for name, (parse, default, help_text) in OPTIONS.items():
+        repeat = {"action": "append"} if name in REPEATABLE else {}
         group.addoption(f"--padbias-{name}", dest=dest(name), type=parse, default=None, metavar=name.upper().replace("-", "_"),
-                        help=help_text.replace("%", "%%"))  # argparse %-formats help
-        parser.addini(dest(name), help=f"{help_text} [--padbias-{name}]", default=None)
+                        help=help_text.replace("%", "%%"), **repeat)  # argparse %-formats help
+        parser.addini(dest(name), help=f"{help_text} [--padbias-{name}]", default=None,
+                      **({"type": "args"} if name in REPEATABLE else {}))
 
 
 def resolve(config) -> Settings:
@@ -210,10 +262,15 @@ def resolve(config) -> Settings:
             raw = config.getini(dest(name))
             if raw not in (None, "", []):
                 try:
-                    value = parse(raw)
+                    value = [parse(v) for v in raw] if name in REPEATABLE else parse(raw)
                 except argparse.ArgumentTypeError as exc:
                     raise pytest.UsageError(f"ini option {dest(name)} = {raw!r}: {exc}") from None
-        if name == "model" and value is not None:
+        if name == "model" and value:
             explicit_model = True
+        if name in REPEATABLE:
+            # Several values, each device value possibly a comma-separated list; in order, once each.
+            items = [default] if not value else [v for text in value for v in (text.split(",") if name == "device" else [text])]
+            values[f"{name}s"] = tuple(dict.fromkeys(items))
+            value = values[f"{name}s"][0]
         values[name.replace("-", "_")] = default if value is None else value
     return Settings(**values, explicit_model=explicit_model)

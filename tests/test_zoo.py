@@ -149,17 +149,32 @@ def test_a_subprocess_reads_the_file_this_process_trained(tmp_path):
     assert m.zoo_info["origin"] == "trained"
 
 
-def test_the_zoo_option_defaults_are_the_zoo_defaults():
-    """The suites' --padbias-zoo-* defaults must hit the same cache entries as zoo's own."""
+def test_the_zoo_option_defaults_leave_the_budget_to_the_profile():
+    """The suites' --padbias-zoo-* overrides default to None: the profile decides."""
     from pytest_padbias.options import OPTIONS
 
-    assert OPTIONS["zoo-epochs"][1] == zoo.DEFAULT_EPOCHS
-    assert OPTIONS["zoo-train-images"][1] == zoo.DEFAULT_TRAIN
+    assert OPTIONS["zoo-profile"][1] == "quick"
+    assert all(OPTIONS[f"zoo-{k}"][1] is None for k in ("seeds", "epochs", "train-images"))
+    quick = zoo.letters_budget("quick")
+    assert (quick.n_train, quick.max_epochs, quick.width) == (zoo.DEFAULT_TRAIN, zoo.DEFAULT_EPOCHS, zoo.DEFAULT_WIDTH)
+    report = zoo.letters_budget("report")
+    assert (report.n_train, report.n_test, report.seeds, report.lr) == (60000, 10000, 3, 1e-3)  # the report's protocol
+    custom = zoo.letters_budget("report", seeds=2, epochs=5, train_images=6000)
+    assert (custom.seeds, custom.max_epochs, custom.n_train, custom.n_val) == (2, 5, 6000, 1000)
+    with pytest.raises(PadbiasError, match="zoo profile 'huge' is not accepted; use one of quick, report"):
+        zoo.letters_budget("huge")
+
+
+def _suite_cells(seed):
+    """The (size, mode, seed, batch norm) cells the letters suites train for one seed."""
+    from pytest_padbias.padding import PADDING_MODES
+
+    return [(s, m, seed, False) for m in PADDING_MODES for s in zoo.SIZES] + [(s, "zeros", seed, True) for s in zoo.SIZES]
 
 
 def test_the_zoo_options_reach_the_suites_models(pytester, monkeypatch, tmp_path):
-    """--padbias-zoo-seeds/-epochs/-train-images and --padbias-seed choose which zoo models
-    the suites train (here: the PAN claim on letters CNNs of every padding mode)."""
+    """--padbias-zoo-profile/-seeds/-epochs/-train-images and --padbias-seed choose which
+    zoo models the suites train (here for the PAN claim on letters CNNs of every mode)."""
     from pathlib import Path
 
     monkeypatch.setenv("PADBIAS_ZOO_DIR", str(tmp_path))
@@ -167,6 +182,70 @@ def test_the_zoo_options_reach_the_suites_models(pytester, monkeypatch, tmp_path
     pytester.runpytest_subprocess(str(suite), "-k", "trained_with_reflect", "-p", "no:cacheprovider", "--padbias-seed=5",
                                   "--padbias-zoo-seeds=1", "--padbias-zoo-epochs=1", "--padbias-zoo-train-images=260")
     files = sorted(p.name for p in tmp_path.glob("*.safetensors"))
-    expected = {zoo.cache_path(zoo._config("letters", 29, mode, 5, False, 260, 1, zoo.DEFAULT_WIDTH, zoo.DEFAULT_BATCH,
-                                           zoo.DEFAULT_LR), tmp_path).name for mode in ("zeros", "reflect", "replicate", "circular")}
+    budget = zoo.letters_budget("quick", seeds=1, epochs=1, train_images=260).train_kwargs()
+    expected = set()
+    for size, mode, seed, bn in _suite_cells(5):
+        config = zoo._config("letters", size, mode, seed, bn, budget["n_train"], budget["epochs"], budget["width"],
+                             budget["batch_size"], budget["lr"], n_val=budget["n_val"], patience=budget["patience"],
+                             lr_drops=budget["lr_drops"])
+        expected.add(zoo.cache_path(config, tmp_path).name)
     assert set(files) == expected  # seed 5 only, 260 images, 1 epoch: nothing else was trained
+    info = zoo.train_info(tmp_path / files[0])
+    assert info["epochs"] == 1 and info["stopped"] == "max epochs" and info["val_loss"] > 0 and "train_seconds" in info
+
+
+@pytest.mark.parametrize("option, message", [
+    ("--padbias-zoo-profile=huge", "*'huge' is not a zoo profile; accepted: quick, report*"),
+    ("--padbias-zoo-data=/no/such/folder", "*zoo data folder /no/such/folder does not exist*EMNIST/raw*"),
+])
+def test_bad_zoo_options_are_usage_errors(pytester, option, message):
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+    result = pytester.runpytest_subprocess(option, "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+
+
+def test_a_model_trained_among_others_has_the_weights_it_has_alone(tmp_path):
+    """A seed's weights do not depend on what trains beside it: the same model trained in a
+    pool of two processes (next to another model) and alone is bit-identical."""
+    from functools import partial
+
+    jobs = [partial(zoo.trained_model, "letters", 28, mode, 3, cache_dir=tmp_path / "pool", **TINY)
+            for mode in ("zeros", "circular")]
+    zoo.train_in_parallel(jobs, workers=2)
+    pooled = zoo.trained_model("letters", 28, "zeros", 3, cache_dir=tmp_path / "pool", **TINY)
+    alone = zoo.trained_model("letters", 28, "zeros", 3, cache_dir=tmp_path / "alone", **TINY)
+    assert pooled.zoo_info["origin"] == "cached" and alone.zoo_info["origin"] == "trained"
+    for k, v in alone.state_dict().items():
+        assert torch.equal(v, pooled.state_dict()[k]), k
+
+
+def test_emnist_letters_from_disk_train_a_model_of_their_own(tmp_path):
+    """--padbias-zoo-data: letters read from torchvision's EMNIST layout (upright, labels
+    0..25), and the data's digest in the cache key, so synthetic and EMNIST models never
+    share a file."""
+    import numpy as np
+
+    from pytest_padbias import emnist
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(130, 28, 28), dtype=np.uint8)
+    labels = np.arange(130) % 26
+    emnist.write_letters_idx(tmp_path / "data", images[:104], labels[:104], images[104:], labels[104:], gz=True)
+    x, y = zoo.letters("train", 29, 40, data=tmp_path / "data")
+    assert x.shape == (40, 1, 29, 29) and set(y.tolist()) <= set(range(26))
+    raw = images[:104].astype(np.float32) / 255.0
+    for image, label in zip(x[:, 0, :28, :28].numpy(), y.tolist()):  # each is an upright (transposed) training image
+        hits = [i for i in range(104) if np.array_equal(raw[i].T, image)]
+        assert hits and labels[hits[0]] == label
+    val, _ = zoo.letters("val", 28, 40, data=tmp_path / "data")
+    train_set = {im.tobytes() for im in x[:, 0, :28, :28].numpy()}
+    assert not train_set & {im.tobytes() for im in val[:, 0].numpy()}  # disjoint draws
+    m = zoo.trained_model("letters", 28, "zeros", 0, cache_dir=tmp_path / "zoo", data=tmp_path / "data",
+                          n_train=40, n_val=26, epochs=1, width=2, batch_size=20)
+    assert m.zoo_info["config"]["data"] == f"emnist:{emnist.data_digest(tmp_path / 'data')}"
+    synthetic = zoo.trained_model("letters", 28, "zeros", 0, cache_dir=tmp_path / "zoo", n_train=40, n_val=26, epochs=1,
+                                  width=2, batch_size=20)
+    assert synthetic.zoo_info["path"] != m.zoo_info["path"] and synthetic.zoo_info["config"]["data"] == "synthetic"
+    with pytest.raises(PadbiasError, match="60 train images asked of EMNIST letters"):
+        zoo.letters("train", 28, 60, data=tmp_path / "data")

@@ -1,0 +1,92 @@
+"""Three-way verdicts: intervals and rules checked on effects whose answer is known."""
+from __future__ import annotations
+
+import math
+
+import pytest
+from scipy import stats
+
+from pytest_padbias.result import CheckResult
+from pytest_padbias.verdicts import (CONTRADICTED, NOT_RESOLVED, NOT_RUN, REPRODUCED, decide_directional, decide_null,
+                                     needed_n, record_verdict, t_interval)
+
+
+def test_the_interval_is_scipys_student_t_interval():
+    xs = [0.3, 1.1, 0.8, -0.2, 0.9, 0.4]
+    mean, low, high, n = t_interval(xs)
+    want = stats.t.interval(0.95, len(xs) - 1, loc=stats.tmean(xs), scale=stats.sem(xs))
+    assert n == 6 and mean == pytest.approx(sum(xs) / 6)
+    assert (low, high) == pytest.approx(want)
+
+
+def test_one_unit_leaves_the_interval_unbounded():
+    mean, low, high, n = t_interval([2.0])
+    assert (mean, n) == (2.0, 1) and low == -math.inf and high == math.inf
+    assert decide_directional([2.0], claimed=0.8).verdict == NOT_RESOLVED
+
+
+@pytest.mark.parametrize("effects, verdict", [
+    ([0.9, 1.0, 0.7, 0.8, 1.1], REPRODUCED),  # clearly positive
+    ([-0.9, -1.0, -0.7, -0.8, -1.1], CONTRADICTED),  # clearly the opposite sign
+    ([0.05, -0.05, 0.1, -0.1, 0.0, 0.02], CONTRADICTED),  # clearly below half the claimed +0.8
+    ([2.0, -1.5, 1.8, -1.2, 0.4], NOT_RESOLVED),  # admits both
+])
+def test_directional_claims(effects, verdict):
+    d = decide_directional(effects, claimed=0.8)
+    assert d.verdict == verdict
+    assert d.n == len(effects) and d.low <= d.estimate <= d.high
+    assert "Student-t 95%" in d.test and "half the claimed +0.8" in d.rule
+
+
+def test_without_a_claimed_size_only_the_opposite_sign_contradicts():
+    small = [0.05, -0.05, 0.1, -0.1, 0.0, 0.02]
+    assert decide_directional(small).verdict == NOT_RESOLVED
+    assert decide_directional([-x - 1 for x in small]).verdict == CONTRADICTED
+
+
+@pytest.mark.parametrize("effects, verdict", [
+    ([0.1, -0.2, 0.0, 0.15, -0.05, 0.1], REPRODUCED),  # inside +-1
+    ([3.1, 2.8, 3.3, 2.9, 3.0, 3.2], CONTRADICTED),  # wholly above +1
+    ([-3.1, -2.8, -3.3, -2.9, -3.0, -3.2], CONTRADICTED),  # wholly below -1
+    ([0.9, 1.4, 0.6, 1.2, 1.0, 0.8], NOT_RESOLVED),  # straddles the margin
+])
+def test_null_claims_are_equivalence_tests(effects, verdict):
+    assert decide_null(effects, margin=1.0).verdict == verdict
+
+
+def test_needed_n_shrinks_the_interval_to_the_target():
+    effects = [0.3, -0.4, 0.5, -0.2, 0.1, 0.6, -0.3, 0.2]
+    n = needed_n(effects, 0.1)
+    sd = stats.tstd(effects)
+    assert n == math.ceil((1.959964 * sd / 0.1) ** 2)
+    assert needed_n(effects, 0.05) > n and needed_n([1.0], 0.1) is None
+
+
+def _result():
+    return CheckResult("claim: x", passed=False, value=0.0, limit=None, details={}, summary="s")
+
+
+def test_record_verdict_passes_a_reproduced_claim_and_writes_its_numbers():
+    result = _result()
+    d = decide_directional([0.9, 1.0, 0.7, 0.8, 1.1], claimed=0.8)
+    record_verdict(result, d)
+    assert result.passed and result.details["verdict"] == REPRODUCED
+    assert result.details["n"] == 5 and len(result.details["interval"]) == 2 and result.details["test"] == d.test
+
+
+@pytest.mark.parametrize("effects", [[-0.9, -1.0, -0.7, -0.8, -1.1], [2.0, -1.5, 1.8, -1.2, 0.4]])
+def test_record_verdict_xfails_contradicted_and_open_claims(effects):
+    result = _result()
+    d = decide_directional(effects, claimed=0.8)
+    with pytest.raises(pytest.xfail.Exception, match=d.verdict):
+        record_verdict(result, d)
+    assert not result.passed and result.details["verdict"] == d.verdict
+
+
+def test_record_verdict_skips_a_claim_that_was_not_run():
+    result = _result()
+    with pytest.raises(pytest.skip.Exception, match="not run: needs ImageNet"):
+        record_verdict(result, verdict=NOT_RUN, why="needs ImageNet labels")
+    assert result.details["verdict"] == NOT_RUN
+    with pytest.raises(ValueError, match="verdict='maybe'"):
+        record_verdict(_result(), verdict="maybe")
