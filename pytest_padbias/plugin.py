@@ -3,9 +3,15 @@
 The analyses live in plain modules; this file only connects them to pytest. torch is
 imported inside fixtures and hooks, never at import time, because pytest loads this
 plugin in every run of the environment.
+
+Several ``--padbias-model`` (x ``--padbias-device``) make a matrix of *targets*
+(:mod:`pytest_padbias.matrix`): every test using the model runs once per target, with the
+target in its id and in an ``xdist_group``, and everything loaded or computed for a target
+(model, images, analyses) lives in that target's own state, dropped once its last test ran.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -15,74 +21,184 @@ import pytest
 
 from . import GATE_MARKERS, __version__
 from .gates import MARKER_HELP, item_gates, validate_marker
+from .matrix import MODEL_FIXTURES, Target
 from .options import add_options, resolve
-from .report import (PROPERTY, RUN_PROPERTY, build_document, discard_html, dumps, html_extras, outcome_of, publish_html,
-                     stage_html, write_atomic)
+from .report import (PROPERTY, RUN_PROPERTY, TARGET_PROPERTY, discard_html, dumps, html_extras, publish_html, stage_html,
+                     write_atomic)
 from .result import GateContext, PadbiasError
 
 settings_key = pytest.StashKey()
 entries_key = pytest.StashKey()
-run_key = pytest.StashKey()
 checks_key = pytest.StashKey()
 gates_key = pytest.StashKey()
+targets_key = pytest.StashKey()  # list[Target], the run's matrix
+states_key = pytest.StashKey()  # target id -> TargetState
+remaining_key = pytest.StashKey()  # target id -> tests of this process still to run
+pages_key = pytest.StashKey()  # target id -> report base path (several targets with --padbias-report-dir)
+staged_html_key = pytest.StashKey()
 
 PADBIAS_FIXTURES = ("padbias_model", "padbias_images", "padbias_input_size", "padbias_score")
+
+
+@dataclasses.dataclass
+class TargetState:
+    """What one target has loaded and computed in this process."""
+
+    settings: object
+    loaded: object = None
+    error: str | None = None
+    images: dict = dataclasses.field(default_factory=dict)
+    analysis: dict = dataclasses.field(default_factory=dict)
+    run: dict = dataclasses.field(default_factory=dict)  # JSON metadata: weights, device, input size...
 
 
 def pytest_addoption(parser):
     add_options(parser)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_cmdline_main(config):
+    """With several models, ``-n N`` distributes by model (``--dist loadgroup``) unless
+    ``--dist`` says otherwise, so each model's shared analyses stay on one worker. Runs
+    before pytest-xdist turns an unset ``--dist`` into ``load``."""
+    if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", None) == "no" \
+            and not getattr(config.option, "distload", False) and _several_targets(config):
+        config.option.dist = "loadgroup"
+    return (yield)
+
+
+def _several_targets(config) -> bool:
+    from .matrix import has_wildcard
+    from .options import dest
+
+    def values(name):
+        given = config.getoption(dest(name)) or []
+        return list(given) or list(config.getini(dest(name)) or [])
+
+    models = values("model")
+    devices = {d.strip().lower() for text in values("device") for d in str(text).split(",")}
+    return len(set(models)) > 1 or any(has_wildcard(str(m)) for m in models) or len(devices) > 1
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-html reads --html
 def pytest_configure(config):
     for gate, marker in GATE_MARKERS.items():
         config.addinivalue_line("markers", MARKER_HELP[gate].replace(f"padbias_{gate}", marker, 1))
-    settings = resolve(config)
+    if not config.pluginmanager.hasplugin("xdist"):
+        config.addinivalue_line("markers", "xdist_group(name): pytest-xdist's group (pytest-padbias groups tests by model)")
+    settings, targets = _matrix(resolve(config))
+    settings = _memory_share(config, settings)
+    config.stash[targets_key] = targets
+    config.stash[states_key] = {}
     if settings.report_dir and not hasattr(config, "workerinput"):
-        settings = _place_reports(config, settings)
+        settings = _place_reports(config, settings, targets)
     config.stash[settings_key] = settings
     config.stash[entries_key] = {}
-    config.stash[run_key] = {}
-    config.pluginmanager.register(ReportCollector(config), "padbias-report-collector")
-    if settings.explicit_model:
-        from .models import check_model_spec
+    collector = ReportCollector(config)
+    config.pluginmanager.register(collector, "padbias-report-collector")
+    if pages_key in config.stash and hasattr(config.option, "htmlpath"):
+        from .pages import ModelPage
 
-        try:
-            check_model_spec(settings.model)
-        except PadbiasError as exc:
-            raise pytest.UsageError(str(exc)) from None
-    if settings.device == "cuda":
-        from .models import resolve_device
+        for target in targets:
+            page = ModelPage(config, collector, target.id, config.stash[pages_key][target.id])
+            config.pluginmanager.register(page, f"padbias-page-{target.id}")
 
-        try:
+
+def _matrix(settings):
+    """Expand ``torchvision:*``, check every model spec and device: usage errors at start-up."""
+    from .matrix import expand_models, has_wildcard, make_targets, resolve_devices
+
+    try:
+        models = expand_models(settings.models) if any(has_wildcard(m) for m in settings.models) else settings.models
+        if settings.explicit_model:
+            from .models import check_model_spec
+
+            for model in models:
+                check_model_spec(model)
+        devices = resolve_devices(settings.devices)
+        if devices == ("cuda",):
+            from .models import resolve_device
+
             resolve_device("cuda")
-        except PadbiasError as exc:
-            raise pytest.UsageError(str(exc)) from None
+    except PadbiasError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    settings = dataclasses.replace(settings, models=models, devices=devices, model=models[0], device=devices[0])
+    return settings, make_targets(models, devices)
 
 
-def _place_reports(config, settings):
+def _memory_share(config, settings):
+    """On an xdist worker, ``--padbias-max-memory`` is the machine's budget: each of the
+    workers on this machine plans within its share (``auto`` is read once, at start-up)."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is None:
+        return settings
+    try:
+        workers = int(workerinput.get("padbias_host_workers") or os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    except ValueError:
+        workers = 1
+    if workers <= 1:
+        return settings
+    from .resources import MIN_BUDGET, memory_budget
+
+    try:
+        share = memory_budget(settings.max_memory) // workers
+    except PadbiasError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    return dataclasses.replace(settings, max_memory=str(max(share, MIN_BUDGET)))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """pytest-xdist, on the controller: tell each worker how many workers share its machine."""
+    from .matrix import host_counts, host_key
+
+    node.workerinput["padbias_host_workers"] = host_counts(node.nodemanager.specs)[host_key(node.gateway.spec)]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadgroup`` with several targets: one work unit per model, read from the
+    test id (pytest-xdist's own ``@group`` suffix is not added under pytest 9.2)."""
+    targets = config.stash.get(targets_key, [])
+    if getattr(config.option, "dist", None) != "loadgroup" or len(targets) < 2:
+        return None
+    from .matrix import model_group_scheduling
+
+    return model_group_scheduling(config, log, [t.id for t in targets])
+
+
+def _place_reports(config, settings, targets):
     """Point pytest-html and the JSON into the report folder unless given explicitly."""
-    import dataclasses
-
     from .models import default_input_size
     from .report import report_basename, with_suffix
 
-    size = settings.input_size or default_input_size(settings.model)
-    base = report_basename(settings.report_dir, settings.model, size, settings.weights)
+    several = len(targets) > 1
     html_path = None
+    if several:
+        pages, taken = {}, set()
+        for t in targets:
+            size = settings.input_size or default_input_size(t.model)
+            base = report_basename(settings.report_dir, t.model, size, settings.weights,
+                                   device=t.device if len(settings.devices) > 1 else None, taken=taken)
+            taken.add(base.name)
+            pages[t.id] = base
+        config.stash[pages_key] = pages
+        json_path = settings.json or str(Path(settings.report_dir) / "padbias-index.json")
+    else:
+        size = settings.input_size or default_input_size(settings.model)
+        base = report_basename(settings.report_dir, settings.model, size, settings.weights)
+        json_path = settings.json or str(with_suffix(base, ".json"))
     if hasattr(config.option, "htmlpath"):
-        if not config.option.htmlpath:
+        if not config.option.htmlpath and not several:
             config.option.htmlpath = str(with_suffix(base, ".html"))
         html_path = config.option.htmlpath
-        # pytest-html writes its page in place (open("w")); it writes into a staging folder
-        # instead, and pytest_sessionfinish below renames the finished page into place.
-        final = Path(os.path.expandvars(html_path)).expanduser().absolute()
-        config.stash[staged_html_key] = (stage_html(final), final)
-        config.option.htmlpath = str(config.stash[staged_html_key][0])
-    return dataclasses.replace(settings, json=settings.json or str(with_suffix(base, ".json")), html=html_path)
-
-
-staged_html_key = pytest.StashKey()
+        if html_path:
+            # pytest-html writes its page in place (open("w")); it writes into a staging folder
+            # instead, and pytest_sessionfinish below renames the finished page into place.
+            final = Path(os.path.expandvars(html_path)).expanduser().absolute()
+            config.stash[staged_html_key] = (stage_html(final), final)
+            config.option.htmlpath = str(config.stash[staged_html_key][0])
+    return dataclasses.replace(settings, json=json_path, html=html_path)
 
 
 @pytest.hookimpl(wrapper=True, trylast=True)
@@ -111,6 +227,30 @@ def pytest_unconfigure(config):
         discard_html(staged[0])  # a session that never finished (published folders are gone already)
 
 
+@pytest.hookimpl(trylast=True)  # after @pytest.mark.parametrize: the target is the last part of the id
+def pytest_generate_tests(metafunc):
+    """With several targets, every test that uses the model runs once per target."""
+    targets = metafunc.config.stash.get(targets_key, [])
+    if len(targets) < 2 or not _uses_target(metafunc):
+        return
+    if "padbias_target" not in metafunc.fixturenames:  # a gated test that does not name padbias_model
+        metafunc.fixturenames.append("padbias_target")
+    metafunc.parametrize("padbias_target", [pytest.param(t, id=t.id, marks=pytest.mark.xdist_group(name=t.id)) for t in targets],
+                         indirect=True, scope="session")
+
+
+def _uses_target(metafunc) -> bool:
+    """Whether the test reaches the model of ``--padbias-model``: through a model fixture
+    (unless a conftest overrides it with a model of its own), or through a gate."""
+    if any(name in metafunc.fixturenames for name in MODEL_FIXTURES):
+        return "padbias_target" in metafunc.fixturenames
+    if not item_gates(metafunc.definition):
+        return False
+    closure, _defs = metafunc.definition.session._fixturemanager.getfixtureclosure(
+        metafunc.definition, ("padbias_model",), ignore_args=set())
+    return "padbias_target" in closure
+
+
 def pytest_collection_modifyitems(session, config, items):
     for item in items:
         gates = []
@@ -129,58 +269,117 @@ def pytest_collection_modifyitems(session, config, items):
 
 def pytest_collection_finish(session):
     """Load the model once before any test when padbias fixtures are in use, so a bad
-    model or weights file is a usage error at start-up rather than an error per test."""
-    settings = session.config.stash[settings_key]
+    model or weights file is a usage error at start-up rather than an error per test.
+    With several models each loads when its first test runs (a model that cannot be built
+    errors its own tests, the others are still audited)."""
+    config = session.config
+    settings = config.stash[settings_key]
+    targets = config.stash[targets_key]
+    remaining = {}
+    for item in session.items:
+        tid = _param_target(item)
+        if tid is not None:
+            remaining[tid] = remaining.get(tid, 0) + 1
+    config.stash[remaining_key] = remaining
     uses = any(any(n in getattr(i, "fixturenames", ()) for n in PADBIAS_FIXTURES) for i in session.items)
-    if uses and (settings.explicit_model or settings.weights != "default"):
+    if len(targets) == 1 and uses and (settings.explicit_model or settings.weights != "default"):
         try:
-            _loaded_model(session.config)
+            _loaded_model(config, targets[0])
         except PadbiasError as exc:
             raise pytest.UsageError(str(exc)) from None
 
 
-_loaded_key = pytest.StashKey()
+def _param_target(item) -> str | None:
+    """The target id a several-target run gave this test (None: not run per target)."""
+    callspec = getattr(item, "callspec", None)
+    target = callspec.params.get("padbias_target") if callspec is not None else None
+    return target.id if isinstance(target, Target) else None
 
 
-def _loaded_model(config):
-    if _loaded_key not in config.stash:
+def _item_target(item) -> Target:
+    targets = item.config.stash[targets_key]
+    tid = _param_target(item)
+    return next((t for t in targets if t.id == tid), targets[0])
+
+
+def _state(config, target: Target) -> TargetState:
+    states = config.stash[states_key]
+    if target.id not in states:
+        base = config.stash[settings_key]
+        states[target.id] = TargetState(dataclasses.replace(base, model=target.model, device=target.device))
+    return states[target.id]
+
+
+def _loaded_model(config, target: Target):
+    state = _state(config, target)
+    if state.error is not None:
+        raise PadbiasError(state.error)
+    if state.loaded is None:
         from .models import load_model
 
-        s = config.stash[settings_key]
-        config.stash[_loaded_key] = load_model(s.model, s.weights, s.device)
-    return config.stash[_loaded_key]
+        try:
+            state.loaded = load_model(target.model, state.settings.weights, target.device)
+        except PadbiasError as exc:
+            state.error = str(exc)
+            raise
+    return state.loaded
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """After a target's last test in this process, drop what was loaded and computed for it."""
+    try:
+        return (yield)
+    finally:
+        tid = _param_target(item)
+        remaining = item.config.stash.get(remaining_key, {})
+        if tid in remaining:
+            remaining[tid] -= 1
+            if remaining[tid] <= 0 and item.config.stash[states_key].pop(tid, None) is not None:
+                import gc
+
+                gc.collect()
 
 
 @pytest.fixture(scope="session")
-def padbias_settings(pytestconfig):
-    """The resolved ``--padbias-*`` options of this run."""
-    return pytestconfig.stash[settings_key]
+def padbias_target(request):
+    """The model and device this test runs against (``.model``, ``.device``, ``.id``): one
+    target of ``--padbias-model`` x ``--padbias-device``; ``.id`` ends the test id when
+    there are several."""
+    return getattr(request, "param", None) or request.config.stash[targets_key][0]
 
 
 @pytest.fixture(scope="session")
-def padbias_device(padbias_settings):
+def padbias_settings(pytestconfig, padbias_target):
+    """The resolved ``--padbias-*`` options of this run; ``model`` and ``device`` are the
+    test's own (``models`` and ``devices`` list the whole run's)."""
+    return _state(pytestconfig, padbias_target).settings
+
+
+@pytest.fixture(scope="session")
+def padbias_device(padbias_target):
     """The torch device name the model and images live on."""
     from .models import resolve_device
 
     try:
-        return resolve_device(padbias_settings.device)
+        return resolve_device(padbias_target.device)
     except PadbiasError as exc:
         pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture(scope="session")
-def padbias_loaded_model(pytestconfig, padbias_device):
+def padbias_loaded_model(pytestconfig, padbias_target, padbias_device):
     """The model of ``--padbias-model`` with its weights and their metadata."""
     import torch
 
     try:
-        loaded = _loaded_model(pytestconfig)
+        loaded = _loaded_model(pytestconfig, padbias_target)
     except PadbiasError as exc:
         pytest.fail(str(exc), pytrace=False)
-    s = pytestconfig.stash[settings_key]
-    pytestconfig.stash[run_key].update({
-        "model": s.model, "weights": loaded.weights, "weights_sha256": loaded.weights_sha256,
-        "device": padbias_device, "seed": s.seed, "torch_version": torch.__version__, "padbias_version": __version__,
+    s = _state(pytestconfig, padbias_target)
+    s.run.update({
+        "model": padbias_target.model, "weights": loaded.weights, "weights_sha256": loaded.weights_sha256,
+        "device": padbias_device, "seed": s.settings.seed, "torch_version": torch.__version__, "padbias_version": __version__,
     })
     return loaded
 
@@ -193,48 +392,45 @@ def padbias_model(padbias_loaded_model):
 
 
 def _weights_meta(config, model):
-    """The loaded weights' metadata when ``model`` is the built-in one, else None."""
-    loaded = config.stash.get(_loaded_key, None)
-    return loaded if loaded is not None and loaded.module is model else None
+    """The loaded weights' metadata when ``model`` is a built-in one, else None."""
+    for state in config.stash[states_key].values():
+        if state.loaded is not None and state.loaded.module is model:
+            return state.loaded
+    return None
 
 
 @pytest.fixture
-def padbias_input_size(pytestconfig, padbias_settings, padbias_model):
+def padbias_input_size(pytestconfig, padbias_settings, padbias_model, padbias_target):
     """``(height, width)``: --padbias-input-size, else the weights' crop size, else 224."""
     loaded = _weights_meta(pytestconfig, padbias_model)
     size = padbias_settings.input_size or (loaded.input_size if loaded and loaded.input_size else (224, 224))
-    pytestconfig.stash[run_key]["input_size"] = list(size)
+    _state(pytestconfig, padbias_target).run["input_size"] = list(size)
     return tuple(size)
 
 
 @pytest.fixture
-def padbias_images(pytestconfig, padbias_settings, padbias_input_size, padbias_model):
+def padbias_images(pytestconfig, padbias_settings, padbias_input_size, padbias_model, padbias_target):
     """A batch ``[N, 3, H, W]`` of real photographs (skimage.data) at the input size,
     normalised as the weights expect (ImageNet statistics for your own model);
-    N = --padbias-images. Built once per run and size."""
+    N = --padbias-images. Built once per model, run and size."""
     from .images import IMAGENET_MEAN, IMAGENET_STD, natural_images
 
     loaded = _weights_meta(pytestconfig, padbias_model)
     mean, std = (loaded.mean, loaded.std) if loaded else (IMAGENET_MEAN, IMAGENET_STD)
     device = next((p.device for p in padbias_model.parameters()), "cpu")
     key = (padbias_settings.images, padbias_input_size, padbias_settings.seed, mean, std, str(device))
-    cache = pytestconfig.stash.setdefault(_images_key, {})
+    cache = _state(pytestconfig, padbias_target).images
     if key not in cache:
         cache[key] = natural_images(padbias_settings.images, padbias_input_size, padbias_settings.seed, mean=mean, std=std).to(device)
     return cache[key]
 
 
-_images_key = pytest.StashKey()
-
-
-analysis_cache_key = pytest.StashKey()
-
-
 @pytest.fixture(scope="session")
-def padbias_analysis_cache(pytestconfig):
-    """The run's cache of expensive analyses shared by the gates and the suites (e.g. the
-    PAN census of :func:`pytest_padbias.pan_gate.shared_census`)."""
-    return pytestconfig.stash.setdefault(analysis_cache_key, {})
+def padbias_analysis_cache(pytestconfig, padbias_target):
+    """The cache of expensive analyses shared by the gates and the suites (e.g. the PAN
+    census of :func:`pytest_padbias.pan_gate.shared_census`), one per target: a model's
+    analyses are never reused for another."""
+    return _state(pytestconfig, padbias_target).analysis
 
 
 @pytest.fixture
@@ -262,7 +458,8 @@ def pytest_runtest_call(item):
     if not gates:
         return result
     config = item.config
-    settings = config.stash[settings_key]
+    state = _state(config, _item_target(item))
+    settings = state.settings
     model = item.funcargs["padbias_model"]
     import torch
 
@@ -275,8 +472,7 @@ def pytest_runtest_call(item):
         device=str(next((p.device for p in model.parameters()), "cpu")), seed=settings.seed,
         max_examples=settings.max_examples, derandomize=_in_ci(), score_fn=item.funcargs["padbias_score"],
         categories=loaded.categories if loaded else None,
-        extras=({"mean": loaded.mean, "std": loaded.std} if loaded else {})
-        | {"analysis_cache": config.stash.setdefault(analysis_cache_key, {})},
+        extras=({"mean": loaded.mean, "std": loaded.std} if loaded else {}) | {"analysis_cache": state.analysis},
         max_memory=_memory_budget(settings),
     )
     from .gates import gate_functions
@@ -313,7 +509,8 @@ def pytest_runtest_call(item):
 
 
 def _memory_budget(settings) -> int:
-    """Bytes for the gates' analyses, read when the test runs (``auto`` follows free memory)."""
+    """Bytes for the gates' analyses, read when the test runs (``auto`` follows free memory;
+    on an xdist worker the setting is already this worker's share)."""
     from .resources import memory_budget
 
     return memory_budget(settings.max_memory)
@@ -326,13 +523,18 @@ def _in_ci() -> bool:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     report = yield
+    tid = _param_target(item)
+    if tid is not None:
+        report.user_properties.append((TARGET_PROPERTY, tid))
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
         checks = item.stash.get(checks_key, [])
         if checks:
             report.user_properties.append((PROPERTY, json.dumps([_finite(c.to_json()) for c in checks])))
             if report.when == "call":
                 report.extras = list(getattr(report, "extras", [])) + html_extras(checks)
-        run = item.config.stash[run_key]
+        states = item.config.stash[states_key]
+        target = _item_target(item)
+        run = states[target.id].run if target.id in states and (tid is not None or len(item.config.stash[targets_key]) == 1) else {}
         if run:
             report.user_properties.append((RUN_PROPERTY, json.dumps(run)))
     return report
@@ -351,90 +553,161 @@ def _finite(obj):
 
 class ReportCollector:
     """Gathers results on the controller (under xdist it sees the workers' reports)
-    and writes the JSON at the end of the session."""
+    and writes the JSON at the end of the session: one document per target, and with
+    several targets the combined document and the index page."""
 
     def __init__(self, config):
         self.config = config
-        self.figures: list[tuple[str, str]] = []
-        self.document: dict | None = None
-        self.comparison = None
+        self.figures: dict[str | None, list[tuple[str, str]]] = {}  # target id (None: not per target) -> figures
+        self.runs: dict[str | None, dict] = {}  # target id -> run metadata the workers reported
+        self.documents: dict[str, dict] = {}  # target id -> its document
+        self.document: dict | None = None  # what --padbias-json gets: the document, or the combined one
+        self.comparisons: dict[str, tuple[str, list]] = {}
         self.regressions: list[str] = []
+        self.current_page: str | None = None  # the target whose page pytest-html is writing
+
+    @property
+    def several(self) -> bool:
+        return len(self.config.stash[targets_key]) > 1
+
+    @property
+    def comparison(self):  # the single target's (old name, rows), as before
+        return next(iter(self.comparisons.values()), None) if not self.several else None
 
     def pytest_runtest_logreport(self, report):
-        entries = self.config.stash[entries_key]
-        entry = entries.setdefault(report.nodeid, {"checks": [], "reports": []})
+        from .matrix import strip_group
+
+        nodeid = strip_group(report.nodeid) if getattr(self.config.option, "dist", None) == "loadgroup" else report.nodeid
+        entry = self.config.stash[entries_key].setdefault(nodeid, {"checks": [], "reports": [], "target": None})
         entry["reports"].append(report)
-        if report.when == "call":
-            self.figures += [(x.get("name", ""), x["content"]) for x in getattr(report, "extras", [])
-                             if x.get("format_type") == "image" and x.get("extension") == "png"]
         for name, value in report.user_properties:
-            if name == PROPERTY and report.when in ("call", "setup"):
+            if name == TARGET_PROPERTY:
+                entry["target"] = value
+            elif name == PROPERTY and report.when in ("call", "setup"):
                 entry["checks"] = json.loads(value)
             elif name == RUN_PROPERTY:
-                self.config.stash[run_key].update({k: v for k, v in json.loads(value).items() if v is not None})
+                self.runs.setdefault(entry["target"], {}).update({k: v for k, v in json.loads(value).items() if v is not None})
+        if report.when == "call":
+            self.figures.setdefault(entry["target"], []).extend(
+                (x.get("name", ""), x["content"]) for x in getattr(report, "extras", [])
+                if x.get("format_type") == "image" and x.get("extension") == "png")
 
     def pytest_sessionfinish(self, session, exitstatus):
         config = self.config
-        settings = config.stash[settings_key]
         if hasattr(config, "workerinput"):
             return  # xdist workers: the controller writes the report
-        entries = {
-            nodeid: {"nodeid": nodeid, "outcome": outcome_of(e["reports"]), "checks": e["checks"]}
-            # Sorted by test id so a parallel run writes the same file as a serial one.
-            for nodeid, e in sorted(config.stash[entries_key].items())
-        }
-        run = {"model": settings.model, "weights": settings.weights,
-               "input_size": list(settings.input_size) if settings.input_size else None,
-               "device": settings.device, "seed": settings.seed, "padbias_version": __version__}
-        run.update(config.stash[run_key])
-        if run.get("torch_version") is None:
-            run["torch_version"] = _installed_version("torch")
-        self.document = build_document(run, entries)
-        if settings.compare:
-            from .compare import compare, load_run, parse_rules
+        from .index import combined_document, split_entries
 
-            rules = parse_rules(settings.compare_fail) if settings.compare_fail else ()
-            rows, self.regressions = compare(load_run(settings.compare), self.document, rules)
-            self.comparison = (settings.compare, rows)
-            if self.regressions and session.exitstatus == pytest.ExitCode.OK:
-                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        settings = config.stash[settings_key]
+        targets = config.stash[targets_key]
+        shared, per_target = split_entries(config.stash[entries_key], targets)
+        for t in targets:
+            run = {"model": t.model, "weights": settings.weights,
+                   "input_size": list(settings.input_size) if settings.input_size else None,
+                   "device": t.device, "seed": settings.seed, "padbias_version": __version__}
+            run.update(self.runs.get(t.id if self.several else None, {}))
+            if run.get("torch_version") is None:
+                run["torch_version"] = _installed_version("torch")
+            from .report import build_document
+
+            self.documents[t.id] = build_document(run, dict(sorted({**shared, **per_target[t.id]}.items())))
+        if settings.compare:
+            self._compare(session, settings, targets)
+        if self.several:
+            pages = config.stash.get(pages_key, {})
+            self.document = combined_document(targets, self.documents, sorted(shared),
+                                              {t.id: pages[t.id].name for t in targets} if pages else {})
+            for t in targets:
+                if t.id in pages:
+                    from .report import with_suffix
+
+                    write_atomic(with_suffix(pages[t.id], ".json"), dumps(self.documents[t.id]))
+            if settings.report_dir:
+                from .index import index_html
+
+                write_atomic(Path(settings.report_dir) / "padbias-index.html", index_html(self.document))
+        else:
+            self.document = self.documents[targets[0].id]
         if settings.json:
             write_atomic(settings.json, dumps(self.document))
 
+    def _compare(self, session, settings, targets):
+        from .compare import baseline_for, compare, load_run, parse_rules, verdict_changes
+
+        old = load_run(settings.compare)
+        rules = parse_rules(settings.compare_fail) if settings.compare_fail else ()
+        for t in targets:
+            doc = self.documents[t.id]
+            baseline = baseline_for(old, doc, {t.model for t in targets})
+            if baseline is None:
+                self.comparisons[t.id] = (f"{settings.compare} (no run of {t.model} in it)", [])
+                continue
+            rows, failures = compare(baseline, doc, rules)
+            rows += verdict_changes(baseline, doc)
+            self.comparisons[t.id] = (settings.compare, rows)
+            self.regressions += [f"{t.id}: {f}" if self.several else f for f in failures]
+        if self.regressions and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
     @pytest.hookimpl(optionalhook=True)
     def pytest_html_results_summary(self, prefix, summary, postfix, session):
-        from .summary import pick_figures, summary_html
+        from .compare import comparison_html
+        from .index import anchored_summary, index_table_html
+        from .summary import pick_figures
 
-        if self.document is None:
+        if not self.documents:
             return
-        entries = {t["nodeid"]: t for t in self.document["tests"]}
-        prefix.append(summary_html(self.document, entries, pick_figures(self.figures), self.comparison))
+        if self.current_page is None and self.several:  # a page of the whole run (--html): the index table
+            prefix.append(index_table_html(self.document))
+            return
+        tid = self.current_page or next(iter(self.documents))
+        figures = self.figures.get(tid if self.several else None, []) + (self.figures.get(None, []) if self.several else [])
+        text = anchored_summary(self.documents[tid], pick_figures(figures))
+        if tid in self.comparisons:
+            text = comparison_html(text, *self.comparisons[tid])
+        prefix.append(text)
 
     def pytest_terminal_summary(self, terminalreporter):
+        from .compare import format_row
+
         settings = self.config.stash[settings_key]
-        if self.comparison is not None:
-            old, rows = self.comparison
-            terminalreporter.write_sep("-", f"padbias: {len(rows)} checks compared with {old}")
+        for tid, (old, rows) in self.comparisons.items():
+            where = f"{tid} " if self.several else ""
+            terminalreporter.write_sep("-", f"padbias: {where}{len(rows)} checks compared with {old}")
             for r in rows:
-                terminalreporter.write_line(f"{r['check']:<28} {r['old']:>12.6g} -> {r['new']:<12.6g} {r['verdict']}  {r['nodeid']}")
-            for line in self.regressions:
-                terminalreporter.write_line(f"REGRESSION: {line}", red=True, bold=True)
-        if self.document is not None:
+                terminalreporter.write_line(format_row(r))
+        for line in self.regressions:
+            terminalreporter.write_line(f"REGRESSION: {line}", red=True, bold=True)
+        if self.documents:
             self._write_claims(terminalreporter)
         if settings.json and self.document is not None:
             terminalreporter.write_sep("-", f"padbias JSON: {settings.json}")
+        if self.several and settings.report_dir and self.document is not None:
+            terminalreporter.write_sep("-", f"padbias index of {len(self.documents)} models: "
+                                            f"{Path(settings.report_dir) / 'padbias-index.html'}")
 
     def _write_claims(self, terminalreporter):
         """The paper claims of the run, measured beside the paper's figure (the suites)."""
         from .summary import check_rows
 
-        entries = {t["nodeid"]: t for t in self.document["tests"]}
+        if self.several:
+            from .index import claims_matrix_lines
+
+            lines = claims_matrix_lines(self.document)
+            if lines:
+                terminalreporter.write_sep("-", f"padbias: paper claims on {len(self.documents)} models")
+                for line in lines:
+                    terminalreporter.write_line(line)
+            return
+        document = next(iter(self.documents.values()))
+        entries = {t["nodeid"]: t for t in document["tests"]}
         rows = [r for r in check_rows(entries) if r["name"].startswith("claim: ")]
         if not rows:
             return
         terminalreporter.write_sep("-", f"padbias: {len(rows)} paper claims, measured")
         for r in rows:
-            colour = {"pass": {"green": True}, "FAIL": {"red": True}}.get(r["verdict"], {"yellow": True})
+            colour = {"pass": {"green": True}, "reproduced": {"green": True}, "FAIL": {"red": True},
+                      "contradicted": {"red": True}}.get(r["verdict"], {"yellow": True})
             terminalreporter.write_line(f"{r['verdict']:<8} {r['name'].removeprefix('claim: ')}", bold=True, **colour)
             terminalreporter.write_line(f"         measured: {r['summary']}")
             terminalreporter.write_line(f"         paper:    {r['paper']}")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 PROPERTY = "padbias_checks"
 RUN_PROPERTY = "padbias_run"
+TARGET_PROPERTY = "padbias_target"  # the target id of a test run once per model (several models)
 
 
 def html_extras(results) -> list[dict]:
@@ -47,6 +48,38 @@ def outcome_of(reports: list) -> str:
     return "passed"
 
 
+def reason_of(reports: list) -> str | None:
+    """Why a test did not pass, in one line: the failure's message (setup, call or
+    teardown), else the xfail reason, else the skip reason; None when it passed."""
+    for r in reports:
+        if r.outcome == "failed":
+            crash = getattr(r.longrepr, "reprcrash", None)
+            return _first_line(crash.message if crash is not None else r.longrepr).removeprefix("Failed: ")
+    for r in reports:
+        if r.when == "call" and hasattr(r, "wasxfail") and r.outcome == "skipped":
+            return _first_line(r.wasxfail) or "expected to fail"
+    for r in reports:
+        if r.outcome == "skipped":
+            reason = r.longrepr[2] if isinstance(r.longrepr, tuple) and len(r.longrepr) == 3 else r.longrepr
+            return _first_line(reason).removeprefix("Skipped: ")
+    return None
+
+
+def _first_line(text) -> str:
+    lines = str(text if text is not None else "").strip().splitlines()
+    return lines[0][:300] if lines else ""
+
+
+def json_entry(nodeid: str, reports: list, checks: list) -> dict:
+    """A test's JSON entry; ``reason`` only when it did not pass."""
+    entry = {"nodeid": nodeid, "outcome": outcome_of(reports), "checks": checks}
+    if entry["outcome"] not in ("passed", "xpassed"):
+        reason = reason_of(reports)
+        if reason:
+            entry["reason"] = reason
+    return entry
+
+
 def build_document(run: dict, entries: dict[str, dict]) -> dict:
     """The JSON document: run metadata first, then one entry per test in run order."""
     keys = ("model", "weights", "weights_sha256", "input_size", "device", "seed", "torch_version", "padbias_version")
@@ -61,16 +94,19 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "model"
 
 
-def report_basename(folder, model: str, input_size, weights: str) -> Path:
-    """``folder/padbias-<model>-<HxW>[-<weights>]`` without suffix, made unique against
-    reports of another model already in the folder (never overwrite someone else's)."""
+def report_basename(folder, model: str, input_size, weights: str, device: str | None = None, taken=()) -> Path:
+    """``folder/padbias-<model>-<HxW>[-<weights>][-<device>]`` without suffix, made unique
+    against reports of another model already in the folder (never overwrite someone
+    else's) and against the names in ``taken`` (the other models of the same run)."""
     size = "x".join(map(str, input_size)) if input_size else "default-size"
     name = f"padbias-{_slug(model)}-{size}"
     if weights != "default":
         name += f"-{_slug(Path(weights).stem if weights != 'none' else 'random-init')}"
+    if device:
+        name += f"-{_slug(device)}"
     folder = Path(folder)
     candidate, n = folder / name, 1
-    while not _same_model(candidate, model):
+    while candidate.name in taken or not _same_model(candidate, model, device):
         n += 1
         candidate = folder / f"{name}-{n}"
     return candidate
@@ -81,15 +117,16 @@ def with_suffix(base: Path, suffix: str) -> Path:
     return base.parent / (base.name + suffix)
 
 
-def _same_model(base: Path, model: str) -> bool:
-    """True when the report files at ``base`` are free or belong to ``model``."""
+def _same_model(base: Path, model: str, device: str | None = None) -> bool:
+    """True when the report files at ``base`` are free or belong to ``model`` (on ``device``)."""
     json_path, html_path = with_suffix(base, ".json"), with_suffix(base, ".html")
     if not json_path.exists():
         return not html_path.exists()
     try:
-        return json.loads(json_path.read_text(encoding="utf-8")).get("model") == model
+        doc = json.loads(json_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
+    return doc.get("model") == model and (device is None or doc.get("device") == device)
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> None:

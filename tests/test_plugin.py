@@ -49,7 +49,7 @@ def test_help_lists_every_option_in_one_group(pytester):
                                  "*--padbias-zoo-seeds=ZOO_SEEDS*", "*--padbias-zoo-epochs=ZOO_EPOCHS*",
                                  "*--padbias-zoo-train-images=ZOO_TRAIN_IMAGES*", "*--padbias-json=JSON*",
                                  "*--padbias-max-memory=MAX_MEMORY*",
-                                 "*padbias_model (string)*"])
+                                 "*padbias_model (args)*", "*padbias_input_size (string)*"])
 
 
 def test_markers_are_registered_with_help(pytester):
