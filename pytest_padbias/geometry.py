@@ -12,7 +12,7 @@ import weakref
 from dataclasses import asdict, dataclass
 
 from .result import PadbiasError
-from .trace import INPUT, Trace, axis_read, trace_spatial_ops
+from .trace import INPUT, Trace, axis_read, shared_replay, trace_spatial_ops
 
 WINDOW_OPS = ("conv1d", "conv2d", "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d")
 
@@ -49,12 +49,13 @@ def _signature(model):
 
 
 def size_program(model, input_size=(224, 224)) -> Trace:
-    """The model's spatial ops, traced once per model structure and cached."""
+    """The model's spatial ops, traced once per model structure and cached (from the
+    replay the memory estimate of the same model and size reads too)."""
     sig = _signature(model)
     cached = _TRACES.get(model)
     if cached is not None and cached[0] == sig:
         return cached[1]
-    trace = trace_spatial_ops(model, input_size)
+    trace = shared_replay(model, input_size).spatial_trace()
     if not any(op.op in WINDOW_OPS for op in trace.ops):
         raise PadbiasError("the model has no convolution or pooling op in its forward pass, so it has no padding to analyse")
     if _size_dependent(trace):

@@ -3,13 +3,15 @@
 :func:`activation_profile` runs the model once on the meta device (no real compute, any
 input size) with batch 1 and replays the lifetime of every tensor the forward pass makes:
 a tensor is counted from the op that returns it until Python frees it (views and in-place
-results are not counted twice). Its ``peak`` is the most activation memory alive at once
-for one image; activations grow linearly with the batch, so a batch of ``n`` needs about
-``n * peak``. What the meta pass cannot see -- oneDNN's reordered copies of conv inputs
-and outputs, im2col buffers, allocator slack -- is covered by :data:`SAFETY_FACTOR`,
-measured against the peak resident memory of real forward passes (``tests/test_resources.py``
-checks the estimate stays within a stated factor of the measurement). Peak RSS above the
-start of a real forward pass (torch 2.14 CPU, one thread, fresh process) against
+results are not counted twice); it is the one replay the padding check of that model and
+size reads too (:func:`pytest_padbias.trace.shared_replay`). Its ``peak`` is the most
+activation memory alive at once for one image; activations grow linearly with the batch,
+so a batch of ``n`` needs about ``n * peak`` (one batch-1 replay serves every batch size).
+What the meta pass cannot see -- oneDNN's reordered copies of conv inputs and outputs,
+im2col buffers, allocator slack -- is covered by :data:`SAFETY_FACTOR`, measured against
+the peak resident memory of real forward passes (``tests/test_resources.py`` checks the
+estimate stays within a stated factor of the measurement). Peak RSS above the start of a
+real forward pass (torch 2.14 CPU, one thread, fresh process) against
 ``batch x peak``:
 
 =============  =====  =====  ========  ========  =====
@@ -47,7 +49,6 @@ import argparse
 import math
 import os
 import re
-import weakref
 from dataclasses import dataclass
 
 from .geometry import _parse_size
@@ -178,9 +179,6 @@ class ActivationProfile:
         return int(self.input_bytes + safety * self.peak)
 
 
-_PROFILES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
 class ProfileUnavailable(PadbiasError):
     """The model's forward pass cannot be replayed on the meta device (e.g. it reads tensor
     values with ``.item()``), so its memory cannot be estimated. The gates then run with
@@ -188,81 +186,22 @@ class ProfileUnavailable(PadbiasError):
 
 
 def activation_profile(model, input_size) -> ActivationProfile:
-    """Replay one image's forward pass on the meta device and measure its activations."""
+    """One image's activations, from the meta-device replay the padding check of the same
+    model and size shares (:func:`pytest_padbias.trace.shared_replay`, made once)."""
     import torch
-    from torch.overrides import TorchFunctionMode
 
-    from .trace import _first_conv_dims, _first_in_channels, _named_tensors
+    from .trace import shared_replay
 
     h, w = _parse_size(input_size)
     if not isinstance(model, torch.nn.Module):
         raise ProfileUnavailable(f"the model is a {type(model).__name__}, not a torch.nn.Module")
-    key = (h, w, tuple((n, type(m).__name__, getattr(m, "padding_mode", None)) for n, m in model.named_modules()))
-    cached = _PROFILES.get(model)
-    if cached is not None and key in cached:
-        return cached[key]
     try:
-        channels = _first_in_channels(model)
+        measured = shared_replay(model, (h, w)).activations
     except PadbiasError as exc:
         raise ProfileUnavailable(str(exc)) from None
-    shape = (1, channels, w) if _first_conv_dims(model) == 1 else (1, channels, h, w)
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    state = {"live": 0, "peak": 0, "total": 0, "largest": 0}
-    tracked: dict[int, int] = {}  # id(tensor) -> bytes, while alive
-    convs: list[tuple[str, int, int, int]] = []
-    stack: list[str] = []
-    conv_fns = {torch.conv2d, torch.nn.functional.conv2d}
-
-    def release(key, nbytes):
-        if tracked.pop(key, None) is not None:
-            state["live"] -= nbytes
-
-    def track(t):
-        if not isinstance(t, torch.Tensor) or id(t) in tracked or t._base is not None:
-            return
-        nbytes = t.numel() * t.element_size()
-        tracked[id(t)] = nbytes
-        weakref.finalize(t, release, id(t), nbytes)
-        state["live"] += nbytes
-        state["total"] += nbytes
-        state["largest"] = max(state["largest"], nbytes)
-        state["peak"] = max(state["peak"], state["live"])
-
-    class Meter(TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            result = func(*args, **(kwargs or {}))
-            outs = result if isinstance(result, (tuple, list)) else (result,)
-            for t in outs:
-                track(t)
-            if func in conv_fns and isinstance(result, torch.Tensor) and result.dim() == 4:
-                convs.append((stack[-1] if stack else "", *map(int, result.shape[1:])))
-            return result
-
-    handles = []
-    for name, module in model.named_modules():
-        handles.append(module.register_forward_pre_hook(lambda m, a, _n=name: stack.append(_n) and None))
-        handles.append(module.register_forward_hook(lambda m, a, o: stack.pop() and None))
-    x = torch.empty(shape, device="meta", dtype=dtype)
-    try:
-        import warnings
-
-        params = {k: torch.empty_like(v, device="meta") for k, v in _named_tensors(model)}
-        with torch.no_grad(), warnings.catch_warnings(), Meter():
-            warnings.simplefilter("ignore")
-            out = torch.func.functional_call(model, params, (x,))
-        del out
-    except PadbiasError as exc:
-        raise ProfileUnavailable(str(exc)) from None
-    except Exception as exc:
-        raise ProfileUnavailable(f"the model cannot run on a {h}x{w} input ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
-    finally:
-        for handle in handles:
-            handle.remove()
     largest_param = max((p.numel() * p.element_size() for p in model.parameters()), default=0)
-    profile = ActivationProfile((h, w), state["peak"], state["total"], state["largest"],
-                                x.numel() * x.element_size(), convs, PASS_OVERHEAD + 2 * largest_param)
-    _PROFILES.setdefault(model, {})[key] = profile
-    return profile
+    return ActivationProfile((h, w), measured.peak, measured.total, measured.largest, measured.input_bytes,
+                             list(measured.conv_outputs), PASS_OVERHEAD + 2 * largest_param)
 
 
 def model_name(model) -> str:
