@@ -121,6 +121,18 @@ def needed_n(effects, target_half_width: float, level: float = LEVEL) -> int | N
     return max(2, math.ceil((z * sd / target_half_width) ** 2))
 
 
+EXACT_TEST = "exact measurement on the model under test (no sampling: the same model gives the same figure)"
+
+
+def exact_verdict(result) -> None:
+    """Give a claim measured exactly (geometry, a census of one model) the verdict its
+    ``passed`` says, unless it has one: such a claim has no interval, and its test fails
+    when the claim is contradicted."""
+    if result.check.startswith("claim:") and "verdict" not in result.details:
+        result.details["verdict"] = REPRODUCED if result.passed else CONTRADICTED
+        result.details["test"] = EXACT_TEST
+
+
 def record_verdict(result, decision: Decision | None = None, *, verdict: str | None = None, why: str = ""):
     """Put ``decision`` (or a bare ``verdict`` such as :data:`NOT_RUN`) into the claim's
     ``details`` and ``passed``, then end the test as the verdict says: return for
@@ -135,6 +147,7 @@ def record_verdict(result, decision: Decision | None = None, *, verdict: str | N
         result.details.update(decision.to_details())
     else:
         result.details["verdict"] = verdict
+        result.details.pop("test", None)
     result.passed = verdict == REPRODUCED
     reason = f"{verdict}: {why or result.summary}"
     if verdict in (CONTRADICTED, NOT_RESOLVED):

@@ -26,7 +26,7 @@ def test_default_size_pads_unevenly(padbias_model, padbias_input_size, padbias_r
         "claim: uneven padding at the default size", bool(uneven),
         paper="ResNet-50 and MobileNetV2 at 224x224: every stride-2 layer pads unevenly",
         measured=len(uneven), summary=f"{len(uneven)} uneven ops at {padbias_input_size[0]}x{padbias_input_size[1]}",
-        source="Mind the Pad slides (001), 'uneven padding'; report (000) Sec. 3",
+        source="Mind the Pad, slides: 'uneven padding'; Reproducibility report, Sec. 3",
         figures=result.figures, layers=[u["layer"] for u in uneven],
     ))
     assert uneven, f"no layer pads unevenly at {padbias_input_size}: the paper's claim does not apply to this model"
@@ -44,7 +44,7 @@ def test_suggested_size_pads_evenly(padbias_model, padbias_input_size, padbias_r
         "claim: the suggested size pads evenly", not remaining, paper="224 -> 225 for ResNet-50 and MobileNetV2",
         measured=f"{padbias_input_size[0]}x{padbias_input_size[1]} -> {above[0]}x{above[1]}",
         summary=f"nearest even size above the default: {above[0]}x{above[1]}", nearest=nearest,
-        source="Mind the Pad slides (001), ImageNet 224 vs 225 table", figures=at_above.figures,
+        source="Mind the Pad, slides: ImageNet 224 vs 225 table", figures=at_above.figures,
     ))
     assert not remaining
 
@@ -61,7 +61,7 @@ def test_even_sizes_are_spaced_by_the_total_stride(padbias_model, padbias_record
         "claim: even sizes every 2^d pixels", regular, figures=[_uneven_by_size_figure(padbias_model, 32, 512, sizes)],
         paper="sizes k * 2^d + 1 (e.g. 225 = 7 * 32 + 1 for 5 stride-2 layers)", measured=sizes[:8],
         summary=f"even sizes in 32..512, {step} apart: {sizes[:6]}...",
-        source="reading notes (003): 2^d + 1 sizes",
+        source="Reading notes on Mind the Pad: 2^d + 1 sizes",
     ))
     assert regular, f"even sizes are not k * 2^d + 1 with one step: {sizes[:8]}"
 
@@ -120,7 +120,7 @@ def test_zero_padding_marginalises_the_periphery(padbias_model, padbias_input_si
     padbias_record(claim(
         "claim: foveation under zero padding", ratio < 1.0, paper="periphery used less than the centre",
         measured=round(ratio, 4), summary=f"periphery/centre path ratio {ratio:.3f}",
-        source="Mind the Pad slides (001), 'mild foveation'",
+        source="Mind the Pad, slides: 'mild foveation'",
         figures=[maps_figure({"zero padding": counts}, f"Paths from each input pixel to the last feature map, "
                              f"{padbias_input_size[0]}x{padbias_input_size[1]}")],
     ))
@@ -147,7 +147,7 @@ def test_uneven_padding_skews_the_mean_filters_of_strided_layers(padbias_model, 
         "claim: uneven strided layers have skewed mean filters", uneven > stride1,
         paper="mean filters of uneven strided layers are asymmetric", measured=f"skew {uneven:.3f} vs {stride1:.3f} (stride 1)",
         summary=f"mean-kernel skew: {uneven:.3f} in uneven strided layers, {stride1:.3f} in stride-1 layers",
-        source="Mind the Pad slides (001), 'skewed filters'", figures=[kernel_skew_figure(skews)], **summary,
+        source="Mind the Pad, slides: 'skewed filters'", figures=[kernel_skew_figure(skews)], **summary,
     ))
     assert uneven > stride1, f"uneven strided layers skew {uneven:.3f}, no more than stride-1 layers ({stride1:.3f})"
 
@@ -190,7 +190,7 @@ def test_zero_padding_makes_line_artifacts_that_mirror_padding_reduces(padbias_m
         paper="border lines in mean feature maps under zero padding, far weaker under mirror padding",
         measured=f"mean artifact score on a constant input {z:.3f} (zeros) vs {m:.3f} (reflect)",
         summary=f"line-artifact score {z:.3f} under zero padding, {m:.3f} under reflect",
-        source="Mind the Pad slides (001), 'line artifacts'", figures=[line_artifact_figure([zero, mirror])],
+        source="Mind the Pad, slides: 'line artifacts'", figures=[line_artifact_figure([zero, mirror])],
     ))
     assert z > m
 
@@ -219,7 +219,7 @@ def test_line_artifacts_start_after_the_first_layer_and_grow_with_depth(padbias_
         "claim: line artifacts start after the first layer and grow with depth", passed,
         paper="lines appear from the second conv on and compound with depth",
         measured=f"first layer {first:.3f}; mean of the shallowest third {shallow:.3f}, deepest third {deep:.3f}",
-        value=deep - shallow, source="reading notes (003); Mind the Pad slides (001), 'line artifacts'",
+        value=deep - shallow, source="Reading notes on Mind the Pad; Mind the Pad, slides: 'line artifacts'",
         summary=f"line-artifact score on a zero input: first conv {first:.3f}, shallow third {shallow:.3f}, deep third {deep:.3f}",
         figures=[Figure(title="Border-line score of each conv layer's mean feature map on a zero input", png=to_png(fig))],
         by_depth=[[layer, round(s, 4)] for layer, s in by_depth],
@@ -243,7 +243,7 @@ def test_stimulus_detectability_varies_with_location(padbias_model, padbias_inpu
         "claim: detectability varies with location", ratio < 0.9,
         paper="blind spots near the borders (SSD: zero vs mirror padding AP 80.24% vs 83.20%)",
         measured=f"min/median detectability {ratio:.3f}, {len(result.regions)} region(s) below half the median",
-        summary=f"min/median detectability {ratio:.3f}", source="Mind the Pad slides (001); report (000) SSD section",
+        summary=f"min/median detectability {ratio:.3f}", source="Mind the Pad, slides; Reproducibility report, SSD section",
         figures=[detectability_figure([result])], regions=[r.to_json() for r in result.regions],
     ))
     assert ratio < 0.9, f"detectability is nearly uniform (min/median {ratio:.3f})"
@@ -267,7 +267,7 @@ def test_foveation_grows_with_depth(padbias_model, padbias_input_size, padbias_r
         measured=f"periphery/centre {ratios[0]:.3f} after {by_depth[0][0]} -> {ratios[-1]:.3f} after {by_depth[-1][0]}; "
         f"Spearman rho(depth, ratio) = {rho:.2f}",
         value=ratios[-1], summary=f"periphery/centre path ratio falls from {ratios[0]:.3f} to {ratios[-1]:.3f} over "
-        f"{len(ratios)} conv layers (rho {rho:.2f})", source="Mind the Pad slides (001), 'Deeper CNN => more foveation'",
+        f"{len(ratios)} conv layers (rho {rho:.2f})", source="Mind the Pad, slides: 'Deeper CNN => more foveation'",
         figures=[depth_figure(by_depth, f"Periphery/centre path ratio after each conv layer, {padbias_input_size[0]}x{padbias_input_size[1]} input")],
         by_depth=[[layer, round(r, 4)] for layer, r in by_depth],
     ))
@@ -296,7 +296,7 @@ def test_smaller_inputs_are_marginalised_more(padbias_model, padbias_record, pad
         paper="boundary marginalisation is more extensive in smaller inputs, relative to input size (ResNet-50)",
         measured={f"{s}x{s}": round(f, 3) for s, f in fractions.items()}, value=values[0] - values[-1],
         summary=f"pixels with < {MARGINAL_FRACTION:.0%} of interior paths: " + ", ".join(f"{s}px {f:.1%}" for s, f in fractions.items()),
-        source="Mind the Pad slides (001), 'Boundary marginalization is more extensive in smaller inputs'",
+        source="Mind the Pad, slides: 'Boundary marginalization is more extensive in smaller inputs'",
         figures=[size_figure(fractions, "Fraction of marginalised pixels by input size (sizes that pad evenly)")],
         note="sizes that pad evenly (k * 2^d + 1) are compared; between them uneven sizes marginalise more",
     ))
@@ -347,7 +347,7 @@ def test_reflect_and_replicate_padding_also_foveate(padbias_model, padbias_input
         measured={mode: {k: round(v, 3) for k, v in u.items() if k in ("outer line", "second line")} for mode, u in usage.items()},
         value=max(abs(outer["reflect"] - 1), abs(outer["replicate"] - 1)),
         summary="outer-line use relative to the centre: " + ", ".join(f"{m} {v:.2f}" for m, v in outer.items()),
-        source="Mind the Pad slides (001), backup 'Other padding schemes can also incur foveation'",
+        source="Mind the Pad, slides: backup 'Other padding schemes can also incur foveation'",
         figures=[maps_figure({m: c for m, (c, _r) in maps.items()},
                              f"Paths from each input pixel by padding mode, {padbias_input_size[0]}x{padbias_input_size[1]}")],
         periphery_ratio={m: round(r, 4) for m, (_c, r) in maps.items()},
@@ -411,7 +411,7 @@ def test_even_padding_gives_higher_accuracy(padbias_model, padbias_loaded_model,
         paper=PAPER_IMAGENET.get(name, PAPER_IMAGENET["resnet50"]) | {"model": name if name in PAPER_IMAGENET else "resnet50"},
         measured={label[k]: {"top1": round(a[0], 2), "top5": round(a[1], 2)} for k, a in acc.items()}
         | {"images": n, "top1 gain (points)": round(gain, 2)},
-        value=gain, source="Mind the Pad slides (001), ImageNet table 224 vs 225",
+        value=gain, source="Mind the Pad, slides: ImageNet table 224 vs 225",
         summary=f"top-1 {acc['default'][0]:.2f}% at {label['default']} -> {acc['even'][0]:.2f}% at {label['even']} "
         f"({gain:+.2f} +- {2 * se:.2f} points, {n} images from {folder.root})" + ("" if resolved else "; gain not resolved"),
         figures=[_accuracy_figure(acc, label)],

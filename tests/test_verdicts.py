@@ -90,3 +90,18 @@ def test_record_verdict_skips_a_claim_that_was_not_run():
     assert result.details["verdict"] == NOT_RUN
     with pytest.raises(ValueError, match="verdict='maybe'"):
         record_verdict(_result(), verdict="maybe")
+
+
+def test_an_exact_claim_gets_the_verdict_of_its_check():
+    from pytest_padbias.verdicts import EXACT_TEST, exact_verdict
+
+    held, failed, gate = _result(), _result(), CheckResult("max_pans", passed=True, value=0.0, limit=0.05, details={}, summary="")
+    held.passed = True
+    for r in (held, failed, gate):
+        exact_verdict(r)
+    assert held.details == {"verdict": REPRODUCED, "test": EXACT_TEST}
+    assert failed.details["verdict"] == CONTRADICTED and gate.details == {}
+    decided = _result()
+    decided.details["verdict"] = NOT_RESOLVED
+    exact_verdict(decided)
+    assert decided.details["verdict"] == NOT_RESOLVED
