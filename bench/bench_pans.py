@@ -159,13 +159,17 @@ def interleaved(model, images, repeats: int) -> dict:
     the same machine load; the census of the last pair is returned with the times."""
     forward(model, images)  # warm-up
     pan_census(model, images)
-    runs, census = [], None
+    runs, layer_seconds, census = [], [], None
     for _ in range(repeats):
         fwd = timed(lambda: forward(model, images))
         holder = []
         cen = timed(lambda: holder.append(pan_census(model, images)))
         runs.append((fwd, cen))
         census = holder[0]
+        layer_seconds.append([layer.analysis_seconds for layer in census.layers])
+    # each layer's analysis time: its median over the runs, like the totals
+    for layer, seconds in zip(census.layers, np.median(layer_seconds, axis=0)):
+        layer.analysis_seconds = float(seconds)
     (fwd_wall, fwd_cpu), (cen_wall, cen_cpu) = (np.array([r[i] for r in runs]).T for i in range(2))
     return {"census": census, "fwd_wall": fwd_wall, "cen_wall": cen_wall, "fwd_cpu": fwd_cpu, "cen_cpu": cen_cpu,
             "ratio": float(np.median((cen_wall - fwd_wall) / fwd_wall)),
@@ -201,7 +205,8 @@ def print_scipy(model, images, t: dict, per_layer, method: str) -> None:
         row[0] += layer.out_channels
         row[1] += scipy_s
         row[2] += layer.analysis_seconds
-    print("    by output map size (census seconds: the census's own per-layer wall time in its hooks; target >= 60x each):")
+    print("    by output map size (census seconds: the census's own per-layer wall time in its hooks, median over the runs "
+          "of [1]; target >= 60x each):")
     for (h, w), (n, sp, ce) in by_size.items():
         print(f"      {h}x{w}: {n} neurons, scipy {sp:.2f} s / census {ce:.3f} s = {sp / ce:.0f}x")
     print(f"    lowest: {min(sp / ce for _, sp, ce in by_size.values()):.0f}x")
@@ -275,6 +280,7 @@ def main() -> None:
     parser.add_argument("--scipy-method", default="auto", choices=["auto", "asymp", "exact"],
                         help="ks_2samp's p-value method: 'auto' is what a plain loop calls; the statistic is the same")
     parser.add_argument("--resnet-repeats", type=int, default=3, help="interleaved pairs per ResNet-50 size (0: skip)")
+    parser.add_argument("--resnet-images", type=int, default=16, help="images per ResNet-50 pass")
     parser.add_argument("--memory-child", choices=["forward", "census", "store"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -291,7 +297,7 @@ def main() -> None:
     print_pans(t["census"])
     print_intervention(loaded, model, images, t["census"])
     if args.resnet_repeats:
-        print_resnet(args.images, args.resnet_repeats)
+        print_resnet(args.resnet_images, args.resnet_repeats)
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
 
 
