@@ -443,8 +443,14 @@ def padbias_score():
 @pytest.fixture
 def padbias_record(request):
     """Record a :class:`~pytest_padbias.result.CheckResult` for this test's JSON entry
-    and HTML row (the bundled suites use it for paper-vs-measured figures)."""
+    and HTML row (the bundled suites use it for paper-vs-measured figures). A claim
+    (a check named ``claim: ...``) without a verdict of its own is an exact measurement on
+    the model: reproduced when it passed, contradicted when not
+    (:func:`pytest_padbias.verdicts.exact_verdict`)."""
+    from .verdicts import exact_verdict
+
     def record(result):
+        exact_verdict(result)
         request.node.stash.setdefault(checks_key, []).append(result)
         return result
 
