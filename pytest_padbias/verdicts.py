@@ -44,6 +44,8 @@ class Decision:
     n: int
     level: float = LEVEL
     rule: str = ""
+    #: the half width the interval would need, at this estimate, to be decided either way
+    decisive_half_width: float = math.nan
 
     def to_details(self) -> dict:
         return {"verdict": self.verdict, "test": self.test, "estimate": _round(self.estimate),
@@ -90,7 +92,9 @@ def decide_directional(effects, *, claimed: float | None = None, minimal: float 
         verdict = NOT_RESOLVED
     rule = (f"reproduced if the interval lies above 0; contradicted if it lies below {minimal:+g}"
             + (f" (half the claimed {claimed:+g})" if claimed and minimal == claimed / 2 else "") + "; else not resolved")
-    return Decision(verdict, f"Student-t {round(100 * level)}% interval of the mean of {n} {what}", mean, low, high, n, level, rule)
+    need = max(abs(mean), minimal - mean)
+    return Decision(verdict, f"Student-t {round(100 * level)}% interval of the mean of {n} {what}", mean, low, high, n, level,
+                    rule, need)
 
 
 def decide_null(effects, *, margin: float, level: float = LEVEL, what: str = "paired differences") -> Decision:
@@ -104,7 +108,9 @@ def decide_null(effects, *, margin: float, level: float = LEVEL, what: str = "pa
         verdict = NOT_RESOLVED
     rule = (f"reproduced if the interval lies inside (-{margin:g}, +{margin:g}) (equivalence); contradicted if it lies "
             f"wholly outside [-{margin:g}, +{margin:g}]; else not resolved")
-    return Decision(verdict, f"Student-t {round(100 * level)}% interval of the mean of {n} {what}", mean, low, high, n, level, rule)
+    need = abs(margin - abs(mean))
+    return Decision(verdict, f"Student-t {round(100 * level)}% interval of the mean of {n} {what}", mean, low, high, n, level,
+                    rule, need)
 
 
 def needed_n(effects, target_half_width: float, level: float = LEVEL) -> int | None:

@@ -63,10 +63,14 @@ def _bars(title, groups, series, ylabel, errors=None):
     return Figure(title=title, png=to_png(fig))
 
 
-def _open_note(decision, effects, target):
-    """For a claim left open: the units the interval would need to decide it."""
-    n = needed_n(effects, target)
-    return {} if n is None else {"units_needed_to_decide": n, "target_half_width": round(target, 3)}
+def _open_note(decision, effects):
+    """For a claim left open: the units its interval would need, at this estimate and
+    spread, to be decided either way."""
+    if decision.verdict != "not resolved":
+        return {}
+    n = needed_n(effects, decision.decisive_half_width)
+    return {} if n is None else {"units_needed_to_decide": n, "half_width_needed": round(decision.decisive_half_width, 3),
+                                 "spread_sd": round(float(np.std(effects, ddof=1)), 3)}
 
 
 def test_even_padding_beats_uneven_padding(letters_zoo, padbias_record):
@@ -99,7 +103,7 @@ def test_even_padding_beats_uneven_padding(letters_zoo, padbias_record):
         summary=f"{decision.verdict}: 29x29 minus 28x28 {decision.interval_text(' points')} (paper +0.8)",
         accuracy=measured, gain_by_mode={m: round(float(np.mean(g)), 2) for m, g in gains.items()},
         per_seed={f"{s}x{s}": {m: [round(a, 2) for a in acc[s][m]] for m in PADDING_MODES} for s in SIZES},
-        zoo=z.describe(), training=z.training(z.cells()), **_open_note(decision, units, PAPER_T1_GAIN / 4)))
+        zoo=z.describe(), training=z.training(z.cells()), **_open_note(decision, units)))
     record_verdict(result, decision)
 
 
@@ -132,7 +136,7 @@ def test_uneven_training_collapses_at_the_even_size(letters_zoo, padbias_record)
                 f"{mean_drop[29]:.1f} at 28 (paper 19.2 vs 1.0); contrast {decision.interval_text()}",
         figures=[fig], zero_padded=table,
         drops_by_mode={f"trained {tr}": {m: round(float(np.mean(drop[tr][m])), 2) for m in PADDING_MODES} for tr in SIZES},
-        zoo=z.describe(), **_open_note(decision, units, PAPER_T2_CONTRAST / 4)))
+        zoo=z.describe(), **_open_note(decision, units)))
     record_verdict(result, decision)
 
 
@@ -181,7 +185,7 @@ def test_circular_padding_is_most_shift_robust(letters_zoo, padbias_record):
         change_rate_per_seed={m: [round(r, 4) for r in rs] for m, rs in rates.items()},
         change_rate_maps={m: np.round(np.mean([_border_map(z, m, s).change_rate for s in z.seeds], axis=0), 3).tolist()
                           for m in PADDING_MODES},
-        images=SHIFT_N, max_shift=MAX_SHIFT, zoo=z.describe()))
+        images=SHIFT_N, max_shift=MAX_SHIFT, zoo=z.describe(), **_open_note(decision, units)))
     record_verdict(result, decision)
 
 
@@ -231,5 +235,5 @@ def test_batch_norm_barely_changes_accuracy(letters_zoo, padbias_record):
         perplexity={label[bn]: v for bn, v in ppl.items()},
         perplexity_note="exp(mean test cross-entropy); the report's perplexity scale (about 14) is not that of a "
                         "92% classifier, so its values are for reference only",
-        zoo=z.describe(), training=z.training(cells), **_open_note(decision, units, BATCH_NORM_MARGIN / 2)))
+        zoo=z.describe(), training=z.training(cells), **_open_note(decision, units)))
     record_verdict(result, decision)

@@ -105,3 +105,13 @@ def test_an_exact_claim_gets_the_verdict_of_its_check():
     decided.details["verdict"] = NOT_RESOLVED
     exact_verdict(decided)
     assert decided.details["verdict"] == NOT_RESOLVED
+
+
+def test_an_open_claim_says_how_narrow_its_interval_must_get():
+    d = decide_directional([2.0, -1.5, 1.8, -1.2, 0.4], claimed=0.8)  # estimate +0.3: above 0.3 decides "reproduced"
+    assert d.verdict == NOT_RESOLVED and d.decisive_half_width == pytest.approx(0.3)
+    d = decide_directional([-2.0, 1.5, -1.8, 1.2, -0.4], claimed=0.8)  # estimate -0.3: below 0.7 decides "contradicted"
+    assert d.decisive_half_width == pytest.approx(0.7)
+    d = decide_null([0.9, 1.4, 0.6, 1.2, 1.0, 0.8], margin=1.0)  # estimate 0.983: 0.017 from the margin
+    assert d.decisive_half_width == pytest.approx(1.0 - d.estimate)
+    assert needed_n([0.3, -0.4, 0.5, -0.2], d.decisive_half_width) > 100
