@@ -169,7 +169,7 @@ def test_report_folder_gets_a_page_and_json_per_model_the_index_and_the_combined
 
     rows = index_rows(combined)
     claim = next(r for r in rows if r["name"] == "claim: pads unevenly")
-    assert claim["cells"]["tiny.py:uneven"]["verdict"] == "pass" and claim["cells"]["tiny.py:even"]["verdict"] == "FAIL"
+    assert claim["cells"]["tiny.py:uneven"]["verdict"] == "reproduced" and claim["cells"]["tiny.py:even"]["verdict"] == "contradicted"
     for cell in claim["cells"].values():
         link = f'href="{cell["page"]}#{cell["anchor"]}"'
         assert link in index
@@ -460,13 +460,13 @@ def test_index_and_pages_in_headless_chromium(project, tmp_path_factory):
         heads = page.locator("#padbias-index thead th[data-run]").all_inner_texts()
         assert [h.split("\n")[0] for h in heads] == ["tiny.py:uneven", "tiny.py:even"]
         row = page.locator("#padbias-index tbody tr", has_text="pads unevenly")
-        assert row.locator("td[data-verdict]").evaluate_all("cells => cells.map(c => c.dataset.verdict)") == ["pass", "FAIL"]
+        assert row.locator("td[data-verdict]").evaluate_all("cells => cells.map(c => c.dataset.verdict)") == ["reproduced", "contradicted"]
         (artefacts / "index.png").write_bytes(page.screenshot(full_page=True))
         row.locator("td[data-verdict] a").nth(1).click()
         page.wait_for_load_state("load")
         assert "/padbias-tiny.py_even-32x32.html" in page.url and "#padbias-row-" in page.url  # (pytest-html adds ?sort=)
         target = page.evaluate("document.getElementById(location.hash.slice(1)).innerText")
-        assert "pads unevenly" in target and "FAIL" in target
+        assert "pads unevenly" in target and "contradicted" in target
         assert page.locator("#padbias-summary").count() == 1
         (artefacts / "page.png").write_bytes(page.screenshot(full_page=True))
         browser.close()
@@ -480,4 +480,11 @@ def test_markdown_tables_from_the_combined_json(project):
     out = subprocess.run([sys.executable, "-m", "pytest_padbias.index", str(project.path / "all.json")],
                          capture_output=True, text=True, check=True, env=dict(os.environ)).stdout.splitlines()
     assert out[0] == "| claim or gate | tiny.py:uneven | tiny.py:even |"
-    assert "| pads unevenly | pass: 1 uneven ops | FAIL: 0 uneven ops |" in out
+    assert "| pads unevenly | reproduced: 1 uneven ops | contradicted: 0 uneven ops |" in out
+
+
+def test_an_html_page_of_the_whole_run_has_the_index_as_its_summary(project):
+    pytest.importorskip("pytest_html")
+    project.runpytest(*MODELS, *ARGS, "--html=whole.html", "--self-contained-html").assert_outcomes(passed=9, failed=1)
+    page = (project.path / "whole.html").read_text()
+    assert 'id="padbias-index"' in page and "test_gated[tiny.py:even]" in page and "test_gated[tiny.py:uneven]" in page
