@@ -293,7 +293,7 @@ class DetectorZoo:
 
         from .detector import trained_detector
 
-        return functools.partial(trained_detector, mode, seed, cache_dir=self.cache_dir, **self.budget)
+        return functools.partial(trained_detector, mode, seed, cache_dir=self.cache_dir, device=self.device, **self.budget)
 
     def train_all(self, workers=None) -> None:
         """Train every detector the cache does not hold yet, one process per core (a warm
@@ -307,7 +307,7 @@ class DetectorZoo:
 
     def model(self, mode, seed):
         if (mode, seed) not in self._models:
-            self._models[mode, seed] = self._job(mode, seed)(device=self.device)
+            self._models[mode, seed] = self._job(mode, seed)()
         return self._models[mode, seed]
 
     def ap(self, mode, seed) -> dict:
