@@ -48,7 +48,10 @@ class LettersZoo:
         """Train (or find in the cache) every model of ``cells`` (default: Tables 1-3's)."""
         if cells is None:
             cells = self.cells() + self.cells(modes=("zeros",), batch_norm=True)
-        zoo.train_in_parallel([self._job(*cell) for cell in cells], workers)
+        kwargs = self.budget.train_kwargs()
+        missing = [cell for cell in cells if not zoo.is_cached(zoo.letters_config(
+            "letters", *cell, data=self.data, **kwargs), self.cache_dir)]  # a warm run starts no process
+        zoo.train_in_parallel([self._job(*cell) for cell in missing], workers)
 
     def model(self, size, mode, seed, batch_norm=False):
         key = (size, mode, seed, batch_norm)

@@ -502,6 +502,22 @@ def train_in_parallel(jobs, workers: int | None = None) -> None:
         pool.map(_call, jobs, chunksize=1)
 
 
+def letters_config(name, size, padding_mode, seed, batch_norm=False, *, n_train=DEFAULT_TRAIN, n_val=None,
+                   epochs=DEFAULT_EPOCHS, patience=1, lr_drops=2, width=DEFAULT_WIDTH, batch_size=DEFAULT_BATCH,
+                   lr=DEFAULT_LR, data=None) -> dict:
+    """The cache key of a letters model (what :func:`trained_model` trains for these arguments)."""
+    if name != "letters":
+        raise PadbiasError(f"no zoo model named {name!r}; the zoo has: letters "
+                          "(and the small-object detector: pytest_padbias.detector.trained_detector)")
+    return _config(name, _check_size(size), padding_mode, seed, batch_norm, n_train, epochs, width, batch_size, lr,
+                   n_val=n_val, patience=patience, lr_drops=lr_drops, data=data_name(data))
+
+
+def is_cached(config: dict, cache_dir=None) -> bool:
+    """Whether the cache holds a whole weights file of ``config``."""
+    return load_verified(cache_path(config, cache_dir), config) is not None
+
+
 def trained_model(name: str, size: int, padding_mode: str = "zeros", seed: int = 0, batch_norm: bool = False, *,
                   cache_dir=None, n_train: int = DEFAULT_TRAIN, n_val: int | None = None, epochs: int = DEFAULT_EPOCHS,
                   patience: int = 1, lr_drops: int = 2, width: int = DEFAULT_WIDTH, batch_size: int = DEFAULT_BATCH,
@@ -516,12 +532,9 @@ def trained_model(name: str, size: int, padding_mode: str = "zeros", seed: int =
     config, the weights file, whether it was trained now (``"trained"``) or read
     (``"cached"``), and its training record (``train``: epochs used, validation loss...).
     """
-    if name != "letters":
-        raise PadbiasError(f"no zoo model named {name!r}; the zoo has: letters "
-                          "(and the small-object detector: pytest_padbias.detector.trained_detector)")
     size = _check_size(size)
-    config = _config(name, size, padding_mode, seed, batch_norm, n_train, epochs, width, batch_size, lr, n_val=n_val,
-                     patience=patience, lr_drops=lr_drops, data=data_name(data))
+    config = letters_config(name, size, padding_mode, seed, batch_norm, n_train=n_train, n_val=n_val, epochs=epochs,
+                            patience=patience, lr_drops=lr_drops, width=width, batch_size=batch_size, lr=lr, data=data)
     model = letters_cnn(padding_mode, batch_norm, width)
     label = f"{name} {size}x{size} {padding_mode}{' bn' if batch_norm else ''} seed {seed}"
     state, path, origin = load_or_train(config, lambda bar: train_letters(
