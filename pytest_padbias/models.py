@@ -89,7 +89,10 @@ def _torchvision_factory(name: str):
         )
     from torchvision import models
 
-    return ("torchvision", name, lambda: models.get_model(name, weights=None))
+    # GoogLeNet and Inception v3 warn (FutureWarning) unless told how to initialise: keep
+    # torchvision's current default, silently.
+    extra = {"init_weights": True} if name in ("googlenet", "inception_v3") else {}
+    return ("torchvision", name, lambda: models.get_model(name, weights=None, **extra))
 
 
 def _import_callable(target: str, attr: str, spec: str):
@@ -120,9 +123,10 @@ def _import_callable(target: str, attr: str, spec: str):
     return factory
 
 
-def default_input_size(spec: str) -> tuple[int, int]:
+def default_input_size(spec: str, weights: str = "default") -> tuple[int, int]:
     """The input size the padbias fixtures use for ``spec`` when none is given: the crop
-    size of torchvision's default weights, else 224x224."""
+    size of torchvision's default weights (without weights, the size the architecture is
+    built for when that is fixed), else 224x224."""
     try:
         kind, name, _factory_fn = _factory(spec)
     except PadbiasError:
@@ -131,8 +135,29 @@ def default_input_size(spec: str) -> tuple[int, int]:
         return (224, 224)
     from torchvision import models
 
-    crop = models.get_model_weights(name).DEFAULT.transforms().crop_size
+    w = models.get_model_weights(name).DEFAULT
+    crop = w.transforms().crop_size
+    if weights == "none":
+        fixed = _random_init_size(name, w)
+        if fixed:
+            return fixed
     return (crop[0], crop[-1])
+
+
+def _random_init_size(name: str, w) -> tuple[int, int] | None:
+    """The one input size a randomly initialised torchvision model accepts when its
+    builder takes that size from the weights (ViT-H/14: 518 with its default weights,
+    224 without): read from the model built on the meta device. None otherwise."""
+    crop = w.transforms().crop_size
+    if tuple(w.meta.get("min_size") or ()) != (crop[0], crop[-1]):
+        return None  # the model accepts other sizes than the weights' own
+    import torch
+    from torchvision import models
+
+    with torch.device("meta"):
+        module = models.get_model(name, weights=None)
+    size = getattr(module, "image_size", None)
+    return (size, size) if isinstance(size, int) and size != crop[0] else None
 
 
 def sha256_of(path: Path) -> str:
@@ -259,7 +284,8 @@ def load_model(spec: str, weights: str = "default", device: str = "cpu") -> Load
         loaded.weights = "factory"  # whatever the user's factory or timm built
     elif weights == "none":
         if kind == "torchvision":
-            _take_transform_info(loaded, name)
+            w = _take_transform_info(loaded, name)
+            loaded.input_size = _random_init_size(name, w) or loaded.input_size
     else:
         path = Path(weights)
         # A name like resnet18-f37072fd.pth promises a hash: check it before reading the file.

@@ -177,7 +177,7 @@ def _place_reports(config, settings, targets):
     if several:
         pages, taken = {}, set()
         for t in targets:
-            size = settings.input_size or default_input_size(t.model)
+            size = settings.input_size or default_input_size(t.model, settings.weights)
             base = report_basename(settings.report_dir, t.model, size, settings.weights,
                                    device=t.device if len(settings.devices) > 1 else None, taken=taken)
             taken.add(base.name)
@@ -185,7 +185,7 @@ def _place_reports(config, settings, targets):
         config.stash[pages_key] = pages
         json_path = settings.json or str(Path(settings.report_dir) / "padbias-index.json")
     else:
-        size = settings.input_size or default_input_size(settings.model)
+        size = settings.input_size or default_input_size(settings.model, settings.weights)
         base = report_basename(settings.report_dir, settings.model, size, settings.weights)
         json_path = settings.json or str(with_suffix(base, ".json"))
     if hasattr(config.option, "htmlpath"):

@@ -488,3 +488,14 @@ def test_an_html_page_of_the_whole_run_has_the_index_as_its_summary(project):
     project.runpytest(*MODELS, *ARGS, "--html=whole.html", "--self-contained-html").assert_outcomes(passed=9, failed=1)
     page = (project.path / "whole.html").read_text()
     assert 'id="padbias-index"' in page and "test_gated[tiny.py:even]" in page and "test_gated[tiny.py:uneven]" in page
+
+
+def test_random_init_torchvision_models_build_quietly_at_a_size_they_accept():
+    """``torchvision:*`` with ``--padbias-weights=none``: GoogLeNet builds without its
+    FutureWarning, and ViT-H/14 (518 px with its default weights, built for 224 without)
+    is audited at 224."""
+    from pytest_padbias.models import default_input_size, load_model
+
+    assert default_input_size("vit_h_14", "none") == (224, 224) and default_input_size("vit_h_14") == (518, 518)
+    assert default_input_size("inception_v3", "none") == (299, 299)
+    assert load_model("googlenet", "none").input_size == (224, 224)  # warnings are errors in this suite
