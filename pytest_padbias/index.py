@@ -241,14 +241,15 @@ def architecture_rows(combined: dict) -> list[dict]:
     path ratio, the first even sizes, and why a claim could not be measured."""
     out = []
     for run in combined["runs"]:
-        found, problems = {}, []
+        found, problems = {}, {}
         for t in run["tests"]:
             checks = {c["check"]: c for c in t["checks"]}
             for key, name in ARCHITECTURE_CLAIMS.items():
                 if name in checks:
                     found[key] = checks[name]
             if not t["checks"] and t["outcome"] in ("failed", "error"):
-                problems.append(f"{t['nodeid'].rsplit('::', 1)[-1]}: {t.get('reason') or t['outcome']}")
+                problems.setdefault(t.get("reason") or t["outcome"], []).append(
+                    t["nodeid"].rsplit("::", 1)[-1].removeprefix("test_"))
         nearest = (found.get("nearest", {}).get("details") or {}).get("nearest") or {}
         above = nearest.get("above")
         even = (found.get("even", {}).get("details") or {}).get("measured")
@@ -260,7 +261,7 @@ def architecture_rows(combined: dict) -> list[dict]:
             "nearest": "x".join(map(str, above)) if above else None,
             "ratio": ratio,
             "even": even,
-            "problems": problems,
+            "problems": [f"{', '.join(tests)}: {reason}" for reason, tests in problems.items()],
         })
     return out
 

@@ -499,3 +499,27 @@ def test_random_init_torchvision_models_build_quietly_at_a_size_they_accept():
     assert default_input_size("vit_h_14", "none") == (224, 224) and default_input_size("vit_h_14") == (518, 518)
     assert default_input_size("inception_v3", "none") == (299, 299)
     assert load_model("googlenet", "none").input_size == (224, 224)  # warnings are errors in this suite
+
+
+def test_architecture_table_lists_every_model_and_why_a_claim_was_not_measured():
+    from pytest_padbias.index import architecture_table
+
+    def claim(name, measured, **details):
+        return {"check": f"claim: {name}", "passed": True, "value": 1.0, "limit": None, "details": {"measured": measured, **details}}
+
+    ok = {"id": "m1", "page": None, "model": "m1", "input_size": [224, 224], "tests": [
+        {"nodeid": "s.py::test_default_size_pads_unevenly", "outcome": "passed", "checks": [claim("uneven padding at the default size", 5)]},
+        {"nodeid": "s.py::test_suggested_size_pads_evenly", "outcome": "passed",
+         "checks": [claim("the suggested size pads evenly", "224x224 -> 225x225", nearest={"below": [193, 193], "above": [225, 225]})]},
+        {"nodeid": "s.py::test_zero_padding_marginalises_the_periphery", "outcome": "passed",
+         "checks": [claim("foveation under zero padding", 0.2549)]},
+        {"nodeid": "s.py::test_even_sizes_are_spaced_by_the_total_stride", "outcome": "passed",
+         "checks": [claim("even sizes every 2^d pixels", [33, 65, 97, 129, 161])]}]}
+    broken = {"id": "m2", "page": None, "model": "m2", "input_size": [518, 518], "tests": [
+        {"nodeid": f"s.py::test_{name}", "outcome": "failed", "reason": "PadbiasError: the model cannot run", "checks": []}
+        for name in ("default_size_pads_unevenly", "zero_padding_marginalises_the_periphery")]}
+    lines = architecture_table({"runs": [ok, broken], "torch_version": "t", "weights": "none"}).splitlines()
+    assert lines[2] == "| m1 | 224x224 | 5 | 225x225 | 0.255 | 33, 65, 97, 129, ... |  |"
+    assert lines[3] == ("| m2 | 518x518 | - | - | - | - | default_size_pads_unevenly, zero_padding_marginalises_the_periphery: "
+                        "PadbiasError: the model cannot run |")
+    assert lines[-1] == "2 models; 1 traced at their default size, 1 of them pad unevenly there; torch t, weights none."
