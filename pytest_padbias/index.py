@@ -254,6 +254,8 @@ def architecture_rows(combined: dict) -> list[dict]:
         above = nearest.get("above")
         even = (found.get("even", {}).get("details") or {}).get("measured")
         ratio = (found.get("foveation", {}).get("details") or {}).get("measured")
+        if ratio is None and "foveation" in found:
+            ratio = float("nan")  # measured, but not finite (written as null)
         out.append({
             "model": run["model"],
             "size": "x".join(map(str, run.get("input_size") or [])) or "-",
@@ -281,7 +283,7 @@ def architecture_table(combined: dict) -> str:
     measured = sum(1 for r in rows if r["uneven"] is not None)
     uneven = sum(1 for r in rows if r["uneven"])
     lines.append("")
-    lines.append(f"{len(rows)} models; {measured} traced at their default size, {uneven} of them pad unevenly there; "
+    lines.append(f"{len(rows)} models; {measured} measured at their default size, {uneven} of them pad unevenly there; "
                  f"torch {combined.get('torch_version')}, weights {combined.get('weights')}.")
     return "\n".join(lines)
 

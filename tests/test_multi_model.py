@@ -522,4 +522,4 @@ def test_architecture_table_lists_every_model_and_why_a_claim_was_not_measured()
     assert lines[2] == "| m1 | 224x224 | 5 | 225x225 | 0.255 | 33, 65, 97, 129, ... |  |"
     assert lines[3] == ("| m2 | 518x518 | - | - | - | - | default_size_pads_unevenly, zero_padding_marginalises_the_periphery: "
                         "PadbiasError: the model cannot run |")
-    assert lines[-1] == "2 models; 1 traced at their default size, 1 of them pad unevenly there; torch t, weights none."
+    assert lines[-1] == "2 models; 1 measured at their default size, 1 of them pad unevenly there; torch t, weights none."
