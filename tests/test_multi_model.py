@@ -92,7 +92,7 @@ ARGS = ["--padbias-images=2", "--padbias-input-size=32", "-p", "no:cacheprovider
 
 @pytest.fixture
 def project(pytester, monkeypatch):
-    pytester.makepyfile(tiny=TINY, test_models=TESTS)
+    pytester.makepyfile(tiny=TINY, test_audit=TESTS)
     monkeypatch.setenv("PADBIAS_TEST_BUILDS", str(pytester.path / "builds.log"))
     monkeypatch.setenv("PADBIAS_TEST_COMPUTED", str(pytester.path / "computed.log"))
     return pytester
@@ -106,9 +106,9 @@ def test_every_model_test_runs_once_per_model_with_the_model_in_its_id(project):
     result = project.runpytest(*MODELS, *ARGS, "--padbias-json=all.json", "-v")
     result.assert_outcomes(passed=9, failed=1)
     result.stdout.fnmatch_lines_random([
-        "*test_models.py::test_gated?tiny.py:uneven? FAILED*", "*test_models.py::test_gated?tiny.py:even? PASSED*",
-        "*test_models.py::test_sizes?32-tiny.py:uneven? PASSED*", "*test_models.py::test_sizes?33-tiny.py:even? PASSED*",
-        "*test_models.py::test_not_per_model PASSED*", "*test_models.py::test_plain PASSED*",
+        "*test_audit.py::test_gated?tiny.py:uneven? FAILED*", "*test_audit.py::test_gated?tiny.py:even? PASSED*",
+        "*test_audit.py::test_sizes?32-tiny.py:uneven? PASSED*", "*test_audit.py::test_sizes?33-tiny.py:even? PASSED*",
+        "*test_audit.py::test_not_per_model PASSED*", "*test_audit.py::test_plain PASSED*",
     ])
     # Each model is built once, and each of its analyses computed once (test_sizes[32] reads test_claim's).
     assert lines(project.path / "builds.log") == ["even", "uneven"]
@@ -116,32 +116,32 @@ def test_every_model_test_runs_once_per_model_with_the_model_in_its_id(project):
                                                    "main Conv2d (2, 2)", "main Conv2d (2, 2)"]
     doc = json.loads((project.path / "all.json").read_text())
     assert [r["id"] for r in doc["runs"]] == ["tiny.py:uneven", "tiny.py:even"]
-    assert doc["shared"] == ["test_models.py::test_not_per_model", "test_models.py::test_plain"]
+    assert doc["shared"] == ["test_audit.py::test_not_per_model", "test_audit.py::test_plain"]
     uneven, even = ({t["nodeid"]: t for t in r["tests"]} for r in doc["runs"])
     # the answers differ, each from its own model
-    assert uneven["test_models.py::test_claim"]["checks"][0]["value"] == 1
-    assert even["test_models.py::test_claim"]["checks"][0]["value"] == 0
-    assert uneven["test_models.py::test_claim"]["checks"][0]["details"]["model"] == "tiny.py:uneven"
-    assert (uneven["test_models.py::test_gated"]["outcome"], even["test_models.py::test_gated"]["outcome"]) == ("failed", "passed")
-    assert uneven["test_models.py::test_gated"]["reason"].startswith("@padbias.no_uneven_padding failed: uneven padding")
-    assert "reason" not in even["test_models.py::test_gated"]
+    assert uneven["test_audit.py::test_claim"]["checks"][0]["value"] == 1
+    assert even["test_audit.py::test_claim"]["checks"][0]["value"] == 0
+    assert uneven["test_audit.py::test_claim"]["checks"][0]["details"]["model"] == "tiny.py:uneven"
+    assert (uneven["test_audit.py::test_gated"]["outcome"], even["test_audit.py::test_gated"]["outcome"]) == ("failed", "passed")
+    assert uneven["test_audit.py::test_gated"]["reason"].startswith("@padbias.no_uneven_padding failed: uneven padding")
+    assert "reason" not in even["test_audit.py::test_gated"]
     # the tests that do not use the model ran once, and are in every model's document
-    assert uneven["test_models.py::test_not_per_model"] == even["test_models.py::test_not_per_model"]
+    assert uneven["test_audit.py::test_not_per_model"] == even["test_audit.py::test_not_per_model"]
 
 
 def test_a_models_json_equals_a_run_of_that_model_alone(project):
     project.runpytest(*MODELS, *ARGS, "--padbias-report-dir=reports").assert_outcomes(passed=9, failed=1)
     project.runpytest("--padbias-model=tiny.py:even", *ARGS, "--padbias-json=alone.json").assert_outcomes(passed=5, failed=1)
     alone = json.loads((project.path / "alone.json").read_text())
-    alone["tests"] = [t for t in alone["tests"] if t["nodeid"] != "test_models.py::test_not_per_model"]
+    alone["tests"] = [t for t in alone["tests"] if t["nodeid"] != "test_audit.py::test_not_per_model"]
     mine = json.loads((project.path / "reports" / "padbias-tiny.py_even-32x32.json").read_text())
-    mine["tests"] = [t for t in mine["tests"] if t["nodeid"] != "test_models.py::test_not_per_model"]
+    mine["tests"] = [t for t in mine["tests"] if t["nodeid"] != "test_audit.py::test_not_per_model"]
     assert mine == alone  # (test_not_per_model asserts two models: it fails alone)
 
 
 def test_one_model_keeps_todays_ids_and_json(project):
     result = project.runpytest("--padbias-model=tiny.py:uneven", *ARGS, "--padbias-json=one.json", "-v")
-    result.stdout.fnmatch_lines(["*test_models.py::test_gated FAILED*", "*test_models.py::test_sizes?33? PASSED*"])
+    result.stdout.fnmatch_lines(["*test_audit.py::test_gated FAILED*", "*test_audit.py::test_sizes?33? PASSED*"])
     doc = json.loads((project.path / "one.json").read_text())
     assert "runs" not in doc and doc["model"] == "tiny.py:uneven"
 
@@ -199,8 +199,8 @@ def test_a_model_that_cannot_be_built_errors_its_own_tests_only(project):
     result.assert_outcomes(passed=6, errors=4)
     doc = json.loads((project.path / "all.json").read_text())
     broken = {t["nodeid"]: t for t in doc["runs"][0]["tests"]}
-    assert broken["test_models.py::test_claim"]["outcome"] == "error"
-    assert "building the model raised RuntimeError: this factory is broken" in broken["test_models.py::test_claim"]["reason"]
+    assert broken["test_audit.py::test_claim"]["outcome"] == "error"
+    assert "building the model raised RuntimeError: this factory is broken" in broken["test_audit.py::test_claim"]["reason"]
     from pytest_padbias.index import index_rows
 
     row = next(r for r in index_rows(doc) if r["name"] == "claim: pads unevenly")
@@ -234,7 +234,7 @@ def test_models_and_devices_from_the_ini_file_and_the_device_in_the_id(project):
     result = project.runpytest(*ARGS, "--padbias-json=all.json", "-v")
     result.assert_outcomes(passed=9, failed=1)  # auto is the CPU here: one device
     result = project.runpytest(*ARGS, "--padbias-device=cpu", "--padbias-model=tiny.py:even", "-v")
-    result.stdout.fnmatch_lines(["*test_models.py::test_gated PASSED*"])  # the command line wins
+    result.stdout.fnmatch_lines(["*test_audit.py::test_gated PASSED*"])  # the command line wins
 
 
 def test_torchvision_star_is_every_torchvision_classifier():
@@ -264,14 +264,14 @@ def test_compare_per_model_against_a_combined_or_a_single_earlier_json(project):
     old = json.loads((project.path / "old.json").read_text())
     # doctor the earlier even model: it had one uneven op less (-1) under the gate
     even = next(r for r in old["runs"] if r["id"] == "tiny.py:even")
-    gated = next(t for t in even["tests"] if t["nodeid"] == "test_models.py::test_gated")
+    gated = next(t for t in even["tests"] if t["nodeid"] == "test_audit.py::test_gated")
     gated["checks"][0]["value"] = -1
     (project.path / "old.json").write_text(json.dumps(old))
     result = project.runpytest(*MODELS, *ARGS, "--padbias-compare=old.json", "--padbias-compare-fail=uneven:+0")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines([
         "*padbias: tiny.py:uneven * checks compared with old.json*", "*padbias: tiny.py:even * checks compared with old.json*",
-        "*REGRESSION: tiny.py:even: no_uneven_padding of test_models.py::test_gated went from -1 to 0*"])
+        "*REGRESSION: tiny.py:even: no_uneven_padding of test_audit.py::test_gated went from -1 to 0*"])
     assert "REGRESSION: tiny.py:uneven" not in result.stdout.str()
     # A single earlier JSON of one of the models is that model's baseline only.
     project.runpytest("--padbias-model=tiny.py:even", *ARGS, "--padbias-json=even.json")
@@ -295,10 +295,10 @@ def test_changed_claim_verdicts_are_shown_by_the_comparison(project):
     assert "<td>reproduced</td><td>contradicted</td><td>-</td><td>verdict changed</td>" in page
     # through the plugin: the printed table and the page
     pytest.importorskip("pytest_html")
-    project.makepyfile(test_models=TESTS.replace('{"paper": "uneven at 32"', '{"verdict": "reproduced" if n else "contradicted", "paper": "uneven at 32"'))
+    project.makepyfile(test_audit=TESTS.replace('{"paper": "uneven at 32"', '{"verdict": "reproduced" if n else "contradicted", "paper": "uneven at 32"'))
     project.runpytest("--padbias-model=tiny.py:uneven", *ARGS, "--padbias-json=old.json")
     result = project.runpytest("--padbias-model=tiny.py:even", *ARGS, "--padbias-compare=old.json", "--padbias-report-dir=reports")
-    result.stdout.fnmatch_lines(["*claim: pads unevenly*reproduced -> contradicted*verdict changed*test_models.py::test_claim*"])
+    result.stdout.fnmatch_lines(["*claim: pads unevenly*reproduced -> contradicted*verdict changed*test_audit.py::test_claim*"])
     page = (project.path / "reports" / "padbias-tiny.py_even-32x32.html").read_text()
     assert "<td>reproduced</td><td>contradicted</td><td>-</td><td>verdict changed</td>" in page
 
