@@ -196,7 +196,9 @@ class _Recorder:
         self.tag(x, INPUT)
         if not self.foveation:
             return None
-        fov_input = torch.ones((1, 1) + tuple(x.shape[2:]), requires_grad=True)
+        # float64: path counts grow geometrically with depth and overflow float32 in DenseNets,
+        # ResNet-152 and EfficientNet-B5+ (and are exact integers only up to 2**24 there)
+        fov_input = torch.ones((1, 1) + tuple(x.shape[2:]), dtype=torch.float64, requires_grad=True)
         self._set_shadow(x, fov_input)
         return fov_input
 
@@ -398,7 +400,7 @@ def _conv_shadow(shadow, n, k, s, p, d):
     """The shadow through an all-ones conv: the paths to each output position."""
     import torch
 
-    ones = torch.ones((1, 1) + k, device="cpu")
+    ones = torch.ones((1, 1) + k, dtype=shadow.dtype, device="cpu")
     fn = torch.conv2d if n == 2 else torch.conv1d
     return fn(shadow, ones, None, s, p if isinstance(p, str) else _tuple(p, n), d)
 
