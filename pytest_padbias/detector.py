@@ -330,7 +330,7 @@ def is_cached(padding_mode: str = "zeros", seed: int = 0, *, cache_dir=None, **k
     """Whether the zoo's cache holds a whole weights file of this detector."""
     kwargs.pop("device", None)
     config = detector_config(padding_mode, seed, **kwargs)
-    return zoo.load_verified(zoo.cache_path(config, cache_dir), config) is not None
+    return zoo.is_cached(config, cache_dir)
 
 
 def trained_detector(padding_mode: str = "zeros", seed: int = 0, *, size: int = SIZE, cache_dir=None,
