@@ -184,11 +184,8 @@ def test_the_zoo_options_reach_the_suites_models(pytester, monkeypatch, tmp_path
     files = sorted(p.name for p in tmp_path.glob("*.safetensors"))
     budget = zoo.letters_budget("quick", seeds=1, epochs=1, train_images=260).train_kwargs()
     expected = set()
-    for size, mode, seed, bn in _suite_cells(5):
-        config = zoo._config("letters", size, mode, seed, bn, budget["n_train"], budget["epochs"], budget["width"],
-                             budget["batch_size"], budget["lr"], n_val=budget["n_val"], patience=budget["patience"],
-                             lr_drops=budget["lr_drops"])
-        expected.add(zoo.cache_path(config, tmp_path).name)
+    for cell in _suite_cells(5):
+        expected.add(zoo.cache_path(zoo.letters_config("letters", *cell, **budget), tmp_path).name)
     assert set(files) == expected  # seed 5 only, 260 images, 1 epoch: nothing else was trained
     info = zoo.train_info(tmp_path / files[0])
     assert info["epochs"] == 1 and info["stopped"] == "max epochs" and info["val_loss"] > 0 and "train_seconds" in info
