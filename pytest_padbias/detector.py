@@ -42,7 +42,7 @@ from . import zoo
 from .result import PadbiasError
 
 #: Bumped whenever the data, the architecture or the training changes: old files are ignored.
-DETECTOR_VERSION = "detector-v2"
+DETECTOR_VERSION = "detector-v3"
 SIZE = 96
 #: Stride of the backbone after each stage; every stage halves an even input.
 STAGE_STRIDES = (2, 4, 8, 16)

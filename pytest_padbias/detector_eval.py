@@ -295,15 +295,19 @@ class DetectorZoo:
 
         return functools.partial(trained_detector, mode, seed, cache_dir=self.cache_dir, device=self.device, **self.budget)
 
+    def missing_jobs(self) -> list:
+        """Training jobs (picklable) of the detectors the cache does not hold yet."""
+        from .detector import is_cached
+
+        return [self._job(m, s) for s in self.seeds for m in self.modes
+                if not is_cached(m, s, cache_dir=self.cache_dir, **self.budget)]
+
     def train_all(self, workers=None) -> None:
         """Train every detector the cache does not hold yet, one process per core (a warm
         cache starts no process)."""
         from . import zoo
-        from .detector import is_cached
 
-        missing = [(m, s) for s in self.seeds for m in self.modes
-                   if not is_cached(m, s, cache_dir=self.cache_dir, **self.budget)]
-        zoo.train_in_parallel([self._job(m, s) for m, s in missing], workers)
+        zoo.train_in_parallel(self.missing_jobs(), workers)
 
     def model(self, mode, seed):
         if (mode, seed) not in self._models:

@@ -44,14 +44,19 @@ class LettersZoo:
     def cells(self, modes=PADDING_MODES, sizes=zoo.SIZES, batch_norm=False):
         return [(size, mode, seed, batch_norm) for seed in self.seeds for mode in modes for size in sizes]
 
-    def train_all(self, cells=None, workers=None) -> None:
-        """Train (or find in the cache) every model of ``cells`` (default: Tables 1-3's)."""
+    def missing_jobs(self, cells=None) -> list:
+        """Training jobs (picklable) of the models of ``cells`` (default: Tables 1-3's) that
+        the cache does not hold yet, for :func:`pytest_padbias.zoo.train_in_parallel`."""
         if cells is None:
             cells = self.cells() + self.cells(modes=("zeros",), batch_norm=True)
         kwargs = self.budget.train_kwargs()
-        missing = [cell for cell in cells if not zoo.is_cached(zoo.letters_config(
-            "letters", *cell, data=self.data, **kwargs), self.cache_dir)]  # a warm run starts no process
-        zoo.train_in_parallel([self._job(*cell) for cell in missing], workers)
+        return [self._job(*cell) for cell in cells
+                if not zoo.is_cached(zoo.letters_config("letters", *cell, data=self.data, **kwargs), self.cache_dir)]
+
+    def train_all(self, cells=None, workers=None) -> None:
+        """Train (or find in the cache) every model of ``cells`` (default: Tables 1-3's);
+        a warm cache starts no process."""
+        zoo.train_in_parallel(self.missing_jobs(cells), workers)
 
     def model(self, size, mode, seed, batch_norm=False):
         key = (size, mode, seed, batch_norm)

@@ -47,7 +47,7 @@ from .result import PadbiasError
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 SIZES = (28, 29)
 #: Bumped whenever the data, the architecture or the training changes: old files are ignored.
-ZOO_VERSION = "letters-v4"
+ZOO_VERSION = "letters-v5"
 FONTS = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf")
 STRIDES = (1, 2, 1, 2, 1)
 LETTERS_MEAN, LETTERS_STD = 0.2, 0.35

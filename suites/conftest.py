@@ -12,26 +12,58 @@ def pytest_configure(config):
         config.option.hypothesis_seed = str(resolve(config).seed)
 
 
+def _wanted(session, fixture: str) -> bool:
+    """Whether a selected test uses ``fixture``."""
+    return any(fixture in getattr(item, "fixturenames", ()) for item in session.items)
+
+
 @pytest.fixture(scope="session")
-def letters_zoo(padbias_settings):
-    """The run's letters classifiers (:class:`pytest_padbias.letters_zoo.LettersZoo`): the
-    budget of ``--padbias-zoo-profile`` with the ``--padbias-zoo-*`` overrides, seeds from
-    ``--padbias-seed`` on, data from ``--padbias-zoo-data``; every model Tables 1-3 need is
-    trained up-front, one process per core. Skipped under ``--padbias-weights=none``."""
+def _trained_zoos(request, padbias_settings):
+    """Both zoos of the run, every model the selected tests need trained up-front in one
+    pool of one process per core: the detectors (the longest jobs) first, then the letters
+    classifiers, so no core idles while one zoo's last model trains. Skipped under
+    ``--padbias-weights=none``."""
     if padbias_settings.weights == "none":
-        pytest.skip("needs the trained letters zoo; --padbias-weights=none runs the architecture-only claims")
+        pytest.skip("needs the trained zoo; --padbias-weights=none runs the architecture-only claims")
     from pytest_padbias import zoo
+    from pytest_padbias.detector_eval import DetectorZoo, profile_budget
     from pytest_padbias.letters_zoo import LettersZoo
     from pytest_padbias.models import resolve_device
     from pytest_padbias.result import PadbiasError
 
     s = padbias_settings
+    device = resolve_device(s.device)
+    zoos, jobs = {}, []
     try:
-        budget = zoo.letters_budget(s.zoo_profile, seeds=s.zoo_seeds, epochs=s.zoo_epochs, train_images=s.zoo_train_images)
-        letters = LettersZoo(budget, range(s.seed, s.seed + budget.seeds), data=s.zoo_data,
-                             device=resolve_device(s.device), profile=s.zoo_profile)
-        letters.train_all()
+        if _wanted(request.session, "detector_zoo"):
+            n_seeds = profile_budget(s.zoo_profile, s.zoo_seeds)["seeds"]
+            zoos["detectors"] = DetectorZoo(s.zoo_profile, range(s.seed, s.seed + n_seeds), device=device)
+            jobs += zoos["detectors"].missing_jobs()
+        if _wanted(request.session, "letters_zoo"):
+            budget = zoo.letters_budget(s.zoo_profile, seeds=s.zoo_seeds, epochs=s.zoo_epochs,
+                                        train_images=s.zoo_train_images)
+            zoos["letters"] = LettersZoo(budget, range(s.seed, s.seed + budget.seeds), data=s.zoo_data,
+                                         device=device, profile=s.zoo_profile)
+            jobs += zoos["letters"].missing_jobs()
+        zoo.train_in_parallel(jobs)
     except PadbiasError as exc:  # a bad --padbias-zoo-data folder, too few EMNIST images...
         pytest.fail(str(exc), pytrace=False)
     with zoo.cpu_threads(1):  # small models on a shared CPU: one thread is fastest
-        yield letters
+        yield zoos
+
+
+@pytest.fixture(scope="session")
+def letters_zoo(_trained_zoos):
+    """The run's letters classifiers (:class:`pytest_padbias.letters_zoo.LettersZoo`): the
+    budget of ``--padbias-zoo-profile`` with the ``--padbias-zoo-*`` overrides, seeds from
+    ``--padbias-seed`` on, data from ``--padbias-zoo-data``; every model Tables 1-3 need is
+    trained up-front (see ``_trained_zoos``)."""
+    return _trained_zoos["letters"]
+
+
+@pytest.fixture(scope="session")
+def detector_zoo(_trained_zoos):
+    """The run's detectors (:class:`pytest_padbias.detector_eval.DetectorZoo`): both padding
+    modes x the seeds from ``--padbias-seed`` on, on the budget of ``--padbias-zoo-profile``,
+    trained up-front (see ``_trained_zoos``); their AP and location maps are computed once."""
+    return _trained_zoos["detectors"]

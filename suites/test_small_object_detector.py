@@ -24,7 +24,6 @@ not use ``--padbias-model``; they skip under ``--padbias-weights=none``.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from pytest_padbias.result import CheckResult, Figure
 from pytest_padbias.verdicts import decide_directional, needed_n, record_verdict
@@ -44,29 +43,6 @@ PAPER_BLIND_SPOT = {"Mind the Pad (SSD, traffic lights)": "blind spot near the t
 #: reflect's worst side would not be the blind spot the papers show (a band where SSD
 #: misses the traffic light); an interval wholly below it contradicts the claim.
 BLIND_SPOT_MINIMAL = 5.0
-
-
-@pytest.fixture(scope="session")
-def detector_zoo(padbias_settings):
-    """The run's detectors (:class:`pytest_padbias.detector_eval.DetectorZoo`): both padding
-    modes x the seeds from ``--padbias-seed`` on, on the budget of ``--padbias-zoo-profile``,
-    trained up-front one process per core; their AP and location maps are computed once."""
-    if padbias_settings.weights == "none":
-        pytest.skip("needs the zoo's trained detectors; --padbias-weights=none runs the architecture-only claims")
-    from pytest_padbias.detector_eval import DetectorZoo, profile_budget
-    from pytest_padbias.models import resolve_device
-    from pytest_padbias.result import PadbiasError
-    from pytest_padbias.training import cpu_threads
-
-    s = padbias_settings
-    try:
-        n_seeds = profile_budget(s.zoo_profile, s.zoo_seeds)["seeds"]
-        detectors = DetectorZoo(s.zoo_profile, range(s.seed, s.seed + n_seeds), device=resolve_device(s.device))
-        detectors.train_all()
-    except PadbiasError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    with cpu_threads(1):  # small models on a shared CPU: one thread is fastest
-        yield detectors
 
 
 def claim(name, paper, measured, summary, source, decision, figures=(), **details):

@@ -246,3 +246,29 @@ def test_emnist_letters_from_disk_train_a_model_of_their_own(tmp_path):
     assert synthetic.zoo_info["path"] != m.zoo_info["path"] and synthetic.zoo_info["config"]["data"] == "synthetic"
     with pytest.raises(PadbiasError, match="60 train images asked of EMNIST letters"):
         zoo.letters("train", 28, 60, data=tmp_path / "data")
+
+
+def test_missing_jobs_list_exactly_the_models_not_yet_cached(tmp_path):
+    """The suites' one training pool is built from ``missing_jobs``: every cell of a cold
+    cache, none of a warm one (so a warm run starts no process)."""
+    from pytest_padbias.letters_zoo import LettersZoo
+
+    budget = zoo.LettersBudget(seeds=1, n_train=52, n_val=26, n_test=26, max_epochs=1, width=2, batch_size=26)
+    letters = LettersZoo(budget, [0], cache_dir=tmp_path)
+    cells = letters.cells(modes=("zeros", "circular"))
+    assert len(letters.missing_jobs(cells)) == len(cells) == 4
+    letters.missing_jobs(cells)[0]()
+    assert len(letters.missing_jobs(cells)) == 3
+    zoo.train_in_parallel(letters.missing_jobs(cells), workers=1)
+    assert letters.missing_jobs(cells) == []
+
+
+def test_training_saves_standard_layout_weights_from_a_channels_last_loop(tmp_path):
+    """The loop trains in channels-last order for speed; the cached weights are plain
+    contiguous tensors, as a user loading the file into their own model expects."""
+    from safetensors.torch import load_file
+
+    model = zoo.trained_model("letters", 29, "reflect", 1, cache_dir=tmp_path, **TINY)
+    saved = load_file(model.zoo_info["path"])
+    assert saved and all(v.is_contiguous() for v in saved.values())
+    assert any(v.dim() == 4 for v in saved.values())  # the conv kernels, which trained channels-last
