@@ -113,6 +113,20 @@ def decide_null(effects, *, margin: float, level: float = LEVEL, what: str = "pa
                     rule, need)
 
 
+def without_headroom(decision: Decision, *, error_points: float, effect_points: float, uninformative: str) -> Decision:
+    """``decision`` made *not resolved* when the models cannot show the effect tested: an
+    accuracy effect of ``effect_points`` needs at least that much error to remove, and
+    models with ``error_points`` of error left are at the task's ceiling. There the
+    ``uninformative`` verdict (contradicted for a gain, reproduced for "no difference")
+    would say the task is too easy, not that the claim fails or holds."""
+    if error_points >= effect_points or decision.verdict != uninformative:
+        return decision
+    rule = (f"{decision.rule}; not resolved when the models' error ({error_points:.2f} points) is below the "
+            f"{effect_points:.2f} points the test needs (a ceiling)")
+    return Decision(NOT_RESOLVED, decision.test, decision.estimate, decision.low, decision.high, decision.n,
+                    decision.level, rule, decision.decisive_half_width)
+
+
 def needed_n(effects, target_half_width: float, level: float = LEVEL) -> int | None:
     """Units needed for the interval's half width to reach ``target_half_width`` at the
     observed spread (normal approximation): what a note says when a claim stays open."""

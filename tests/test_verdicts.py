@@ -7,6 +7,7 @@ import pytest
 from scipy import stats
 
 from pytest_padbias.result import CheckResult
+from pytest_padbias import verdicts
 from pytest_padbias.verdicts import (CONTRADICTED, NOT_RESOLVED, NOT_RUN, REPRODUCED, decide_directional, decide_null,
                                      needed_n, record_verdict, t_interval)
 
@@ -115,3 +116,21 @@ def test_an_open_claim_says_how_narrow_its_interval_must_get():
     d = decide_null([0.9, 1.4, 0.6, 1.2, 1.0, 0.8], margin=1.0)  # estimate 0.983: 0.017 from the margin
     assert d.decisive_half_width == pytest.approx(1.0 - d.estimate)
     assert needed_n([0.3, -0.4, 0.5, -0.2], d.decisive_half_width) > 100
+
+
+def test_a_ceiling_leaves_an_uninformative_verdict_open():
+    """Models with 0.02 points of error cannot show a 0.8-point gain: their "contradicted"
+    is made "not resolved"; with room for the effect, or for the other verdict, it stands."""
+    near_zero = [0.01, -0.01, 0.0, 0.01]
+    contradicted = verdicts.decide_directional(near_zero, claimed=0.8)
+    assert contradicted.verdict == verdicts.CONTRADICTED
+    capped = verdicts.without_headroom(contradicted, error_points=0.02, effect_points=0.8, uninformative=verdicts.CONTRADICTED)
+    assert capped.verdict == verdicts.NOT_RESOLVED and "ceiling" in capped.rule
+    assert capped.interval_text() == contradicted.interval_text()
+    kept = verdicts.without_headroom(contradicted, error_points=3.5, effect_points=0.8, uninformative=verdicts.CONTRADICTED)
+    assert kept is contradicted
+    equivalent = verdicts.decide_null(near_zero, margin=1.0)
+    assert verdicts.without_headroom(equivalent, error_points=0.5, effect_points=1.0,
+                                     uninformative=verdicts.REPRODUCED).verdict == verdicts.NOT_RESOLVED
+    assert verdicts.without_headroom(equivalent, error_points=0.5, effect_points=1.0,
+                                     uninformative=verdicts.CONTRADICTED) is equivalent
