@@ -24,7 +24,8 @@ EVAL_BATCH = 1024
 
 def _batch(x, device):
     """A batch on ``device``; image batches in channels-last order, in which the zoo's
-    small convolutions train 1.26x (letters) to 1.48x (detector) faster on one CPU thread."""
+    small convolutions train about 1.2x (letters) and 1.4x (detector) faster on one CPU
+    thread (``bench/bench_train_layout.py``)."""
     import torch
 
     x = x.to(device)
