@@ -22,6 +22,9 @@ class LettersZoo:
 
     def __init__(self, budget, seeds, data=None, device: str = "cpu", cache_dir=None, profile: str = "quick"):
         self.budget, self.seeds, self.data, self.device = budget, tuple(seeds), data, device
+        #: Table 3's seeds: ``seeds`` and, when the budget asks for more, the following ones
+        self.batch_norm_seeds = self.seeds + tuple(range(self.seeds[-1] + 1, self.seeds[-1] + 1 + max(
+            0, getattr(budget, "batch_norm_seeds", 0) - len(self.seeds)))) if self.seeds else ()
         self.cache_dir, self.profile = cache_dir, profile
         self.data_name = zoo.data_name(data)
         self._models: dict = {}
@@ -34,21 +37,28 @@ class LettersZoo:
         """The budget and data every claim on these models records."""
         b = self.budget
         return {"profile": self.profile, "data": "EMNIST letters" if self.data else "synthetic letters (offline)",
-                "data_digest": self.data_name, "seeds": list(self.seeds), "train_images": b.n_train,
+                "data_digest": self.data_name, "seeds": list(self.seeds),
+                "batch_norm_seeds": list(self.batch_norm_seeds), "train_images": b.n_train,
                 "validation_images": b.n_val, "test_images": b.n_test, "max_epochs": b.max_epochs}
 
     def _job(self, size, mode, seed, batch_norm):
         return functools.partial(zoo.trained_model, "letters", size, mode, seed, batch_norm, cache_dir=self.cache_dir,
                                  data=self.data, **self.budget.train_kwargs())
 
-    def cells(self, modes=PADDING_MODES, sizes=zoo.SIZES, batch_norm=False):
-        return [(size, mode, seed, batch_norm) for seed in self.seeds for mode in modes for size in sizes]
+    def cells(self, modes=PADDING_MODES, sizes=zoo.SIZES, batch_norm=False, seeds=None):
+        return [(size, mode, seed, batch_norm) for seed in (self.seeds if seeds is None else seeds)
+                for mode in modes for size in sizes]
+
+    def table3_cells(self):
+        """Table 3's models: zero padding with and without batch norm, ``batch_norm_seeds``."""
+        return (self.cells(modes=("zeros",), seeds=self.batch_norm_seeds)
+                + self.cells(modes=("zeros",), batch_norm=True, seeds=self.batch_norm_seeds))
 
     def missing_jobs(self, cells=None) -> list:
         """Training jobs (picklable) of the models of ``cells`` (default: Tables 1-3's) that
         the cache does not hold yet, for :func:`pytest_padbias.zoo.train_in_parallel`."""
         if cells is None:
-            cells = self.cells() + self.cells(modes=("zeros",), batch_norm=True)
+            cells = list(dict.fromkeys(self.cells() + self.table3_cells()))
         kwargs = self.budget.train_kwargs()
         return [self._job(*cell) for cell in cells
                 if not zoo.is_cached(zoo.letters_config("letters", *cell, data=self.data, **kwargs), self.cache_dir)]

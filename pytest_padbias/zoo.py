@@ -72,6 +72,14 @@ class LettersBudget:
     width: int = 8
     batch_size: int = 64
     lr: float = 1e-3
+    #: Seeds of Table 3's zero-padded cells (with and without batch norm): the cheap models
+    #: of the one claim whose interval needs a few more pairs than the 3 seeds give; never
+    #: fewer than ``seeds``.
+    batch_norm_seeds: int = 0
+
+    def __post_init__(self):
+        if self.batch_norm_seeds < self.seeds:
+            object.__setattr__(self, "batch_norm_seeds", self.seeds)
 
     def train_kwargs(self) -> dict:
         """The keyword arguments of :func:`trained_model` (everything in the cache key)."""
@@ -83,7 +91,7 @@ class LettersBudget:
 #: report's protocol (section 3.1: 60 000 training and 10 000 test images, 3 seeds per
 #: cell, Adam at 1e-3 until the validation loss stops falling).
 PROFILES = {
-    "quick": LettersBudget(seeds=3, n_train=6000, n_val=1500, n_test=10000, max_epochs=40),
+    "quick": LettersBudget(seeds=3, n_train=6000, n_val=1500, n_test=10000, max_epochs=40, batch_norm_seeds=5),
     "report": LettersBudget(seeds=3, n_train=60000, n_val=10000, n_test=10000, max_epochs=100, patience=2),
 }
 DEFAULT_TRAIN = PROFILES["quick"].n_train
@@ -100,8 +108,8 @@ def letters_budget(profile: str = "quick", *, seeds=None, epochs=None, train_ima
         raise PadbiasError(f"zoo profile {profile!r} is not accepted; use one of {', '.join(PROFILES)}")
     b = PROFILES[profile]
     changes = {}
-    if seeds is not None:
-        changes["seeds"] = int(seeds)
+    if seeds is not None:  # --padbias-zoo-seeds sets every cell's seeds
+        changes["seeds"] = changes["batch_norm_seeds"] = int(seeds)
     if epochs is not None:
         changes["max_epochs"] = int(epochs)
     if train_images is not None:

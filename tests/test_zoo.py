@@ -272,3 +272,20 @@ def test_training_saves_standard_layout_weights_from_a_channels_last_loop(tmp_pa
     saved = load_file(model.zoo_info["path"])
     assert saved and all(v.is_contiguous() for v in saved.values())
     assert any(v.dim() == 4 for v in saved.values())  # the conv kernels, which trained channels-last
+
+
+def test_table3_cells_take_the_profiles_extra_seeds_and_an_override_sets_all():
+    """Table 3's cheap zero-padded cells train ``batch_norm_seeds`` seeds (quick: 5, after the
+    3 of every cell); ``--padbias-zoo-seeds`` sets both, so a 1-seed check stays 1 seed."""
+    from pytest_padbias.letters_zoo import LettersZoo
+
+    quick = zoo.letters_budget("quick")
+    assert (quick.seeds, quick.batch_norm_seeds) == (3, 5)
+    letters = LettersZoo(quick, range(2, 5))
+    assert letters.batch_norm_seeds == (2, 3, 4, 5, 6)
+    assert {seed for _, _, seed, _ in letters.table3_cells()} == {2, 3, 4, 5, 6}
+    assert len(letters.table3_cells()) == 5 * 2 * 2
+    one = zoo.letters_budget("quick", seeds=1)
+    assert (one.seeds, one.batch_norm_seeds) == (1, 1)
+    assert LettersZoo(one, [7]).batch_norm_seeds == (7,)
+    assert zoo.letters_budget("report").batch_norm_seeds == 3
