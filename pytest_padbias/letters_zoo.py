@@ -23,8 +23,8 @@ class LettersZoo:
     def __init__(self, budget, seeds, data=None, device: str = "cpu", cache_dir=None, profile: str = "quick"):
         self.budget, self.seeds, self.data, self.device = budget, tuple(seeds), data, device
         #: Table 3's seeds: ``seeds`` and, when the budget asks for more, the following ones
-        self.batch_norm_seeds = self.seeds + tuple(range(self.seeds[-1] + 1, self.seeds[-1] + 1 + max(
-            0, getattr(budget, "batch_norm_seeds", 0) - len(self.seeds)))) if self.seeds else ()
+        first_extra = self.seeds[-1] + 1 if self.seeds else 0
+        self.batch_norm_seeds = self.seeds + tuple(range(first_extra, first_extra + budget.batch_norm_seeds - len(self.seeds)))
         self.cache_dir, self.profile = cache_dir, profile
         self.data_name = zoo.data_name(data)
         self._models: dict = {}

@@ -24,7 +24,7 @@ skips. Nothing here imports torch.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 REPRODUCED, CONTRADICTED, NOT_RESOLVED, NOT_RUN = "reproduced", "contradicted", "not resolved", "not run"
 VERDICTS = (REPRODUCED, CONTRADICTED, NOT_RESOLVED, NOT_RUN)
@@ -121,10 +121,8 @@ def without_headroom(decision: Decision, *, error_points: float, effect_points: 
     would say the task is too easy, not that the claim fails or holds."""
     if error_points >= effect_points or decision.verdict != uninformative:
         return decision
-    rule = (f"{decision.rule}; not resolved when the models' error ({error_points:.2f} points) is below the "
-            f"{effect_points:.2f} points the test needs (a ceiling)")
-    return Decision(NOT_RESOLVED, decision.test, decision.estimate, decision.low, decision.high, decision.n,
-                    decision.level, rule, decision.decisive_half_width)
+    return replace(decision, verdict=NOT_RESOLVED, rule=f"{decision.rule}; not resolved when the models' error "
+                   f"({error_points:.2f} points) is below the {effect_points:.2f} points the test needs (a ceiling)")
 
 
 def needed_n(effects, target_half_width: float, level: float = LEVEL) -> int | None:
