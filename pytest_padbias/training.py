@@ -32,6 +32,47 @@ def _batch(x, device):
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
+def _circular_pad(x, padding):
+    """``x`` padded circularly by ``padding = (ph, pw)``: the same values as
+    ``F.pad(x, (pw, pw, ph, ph), mode="circular")``, built from slices of ``x``."""
+    import torch
+
+    ph, pw = padding
+    if ph:
+        x = torch.cat([x[:, :, -ph:], x, x[:, :, :ph]], 2)
+    if pw:
+        x = torch.cat([x[:, :, :, -pw:], x, x[:, :, :, :pw]], 3)
+    return x
+
+
+def _conv_circular_by_slices(conv, x):
+    import torch.nn.functional as F
+
+    return F.conv2d(_circular_pad(x, conv.padding), conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
+
+
+@contextlib.contextmanager
+def circular_padding_by_slices(model):
+    """While the block runs, the circularly padded 2-d convs of ``model`` pad by
+    concatenating slices instead of ``F.pad(mode="circular")``: the same forward values,
+    and on channels-last batches a training step about 1.4x faster on one CPU thread
+    (``bench/bench_circular_padding.py``), where circular padding otherwise costs twice the
+    other modes. The convs are left as they were (plain ``nn.Conv2d``) afterwards."""
+    import functools
+
+    import torch.nn as nn
+
+    patched = [m for m in model.modules() if type(m) is nn.Conv2d and m.padding_mode == "circular"
+               and isinstance(m.padding, tuple) and "forward" not in vars(m)]
+    for conv in patched:
+        conv.forward = functools.partial(_conv_circular_by_slices, conv)
+    try:
+        yield model
+    finally:
+        for conv in patched:
+            del conv.forward
+
+
 @contextlib.contextmanager
 def cpu_threads(n: int = 1):
     """Run the block with ``n`` torch CPU threads (restored after). A small model trains
@@ -91,7 +132,22 @@ def fit_until_converged(model, train, val, loss_fn, *, seed: int, max_epochs: in
         if progress is not None:
             progress(done[0], max_epochs * steps_per_epoch)
 
+    with circular_padding_by_slices(model):
+        best, best_state, best_epoch, epoch, drops, stopped = _fit(model, opt, x, y, val, loss_fn, gen, max_epochs, patience,
+                                                                   lr_drops, batch_size, device, on_step)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    info = {"epochs": epoch, "best_epoch": best_epoch, "val_loss": round(best, 6), "lr_drops": drops, "stopped": stopped}
+    return model.eval(), info
+
+
+def _fit(model, opt, x, y, val, loss_fn, gen, max_epochs, patience, lr_drops, batch_size, device, on_step):
+    """The epochs of :func:`fit_until_converged`: returns ``(best, best_state, best_epoch,
+    epochs, lr drops, why it stopped)``."""
+    import torch
+
     best, best_state, best_epoch, waited, drops, stopped = float("inf"), None, 0, 0, 0, "max epochs"
+    epoch = 0
     for epoch in range(1, max_epochs + 1):
         _epoch(model, opt, x, y, loss_fn, torch.randperm(len(x), generator=gen), batch_size, device, on_step)
         loss = mean_loss(model, *val, loss_fn, device)
@@ -108,7 +164,4 @@ def fit_until_converged(model, train, val, loss_fn, *, seed: int, max_epochs: in
         model.load_state_dict(best_state)
         for group in opt.param_groups:
             group["lr"] *= 0.1
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    info = {"epochs": epoch, "best_epoch": best_epoch, "val_loss": round(best, 6), "lr_drops": drops, "stopped": stopped}
-    return model.eval(), info
+    return best, best_state, best_epoch, epoch, drops, stopped

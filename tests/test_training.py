@@ -47,3 +47,25 @@ def test_the_same_seed_gives_the_same_weights():
     c, _ = fit_until_converged(_model(), train, val, F.cross_entropy, seed=5, max_epochs=3)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
+
+
+def test_circular_padding_by_slices_gives_the_values_of_f_pad_and_leaves_the_convs_plain():
+    from pytest_padbias.training import circular_padding_by_slices
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, padding_mode="circular"),
+                          nn.Conv2d(4, 3, (3, 5), stride=2, padding=(1, 2), padding_mode="circular"),
+                          nn.Conv2d(3, 3, 3, padding=1, padding_mode="reflect"))
+    x = torch.randn(3, 2, 9, 10).contiguous(memory_format=torch.channels_last)
+    expected = model(x)
+    expected.square().sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    with circular_padding_by_slices(model):
+        assert all("forward" in vars(m) for m in model[:2]) and "forward" not in vars(model[2])
+        got = model(x)
+        got.square().sum().backward()
+    assert torch.equal(got, expected)
+    for g, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(p.grad, g)  # the same sums, added in another order
+    assert not any("forward" in vars(m) for m in model.modules())
