@@ -2,9 +2,10 @@
 
 So far one member, ``"letters"``: the reproducibility report's letters classifier
 (``shared/papers/000_873c4a5f441dd0f4.txt``, section 3.1) on a synthetic, offline stand-in
-for EMNIST letters. The 26 capital letters are rendered from matplotlib's bundled DejaVu
-fonts (sans, sans bold, serif, serif bold) with seeded random rotation, shear, scale,
-translation and stroke width, white on black, at 28x28. The 29x29 image is the same 28x28
+for EMNIST letters. The 26 letters, half of them capitals and half small letters under
+their capital's class (EMNIST's letters split merges the cases), are rendered from
+matplotlib's bundled DejaVu fonts (sans, sans bold, serif, serif bold) with seeded random
+rotation, shear, scale, translation and stroke width, white on black, at 28x28. The 29x29 image is the same 28x28
 image with one background row below and one column to the right, so the content is
 identical pixel for pixel; only the geometry the strided layers see differs.
 
@@ -47,13 +48,18 @@ from .result import PadbiasError
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 SIZES = (28, 29)
 #: Bumped whenever the data, the architecture or the training changes: old files are ignored.
-ZOO_VERSION = "letters-v5"
+ZOO_VERSION = "letters-v6"
 FONTS = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf")
 STRIDES = (1, 2, 1, 2, 1)
 LETTERS_MEAN, LETTERS_STD = 0.2, 0.35
 #: Threads while training: fixed, so that a seed gives the same weights in every process.
 TRAIN_THREADS = 1
 DATA_SEED = 20210501
+#: Share of the letters drawn in small letters, under their capital's class: EMNIST's
+#: letters split merges the two cases into 26 classes, and its look-alike pairs (l and I,
+#: q and g...) are much of why the report's models stop near 93%, where capitals alone
+#: are solved to 99% by the converged models.
+LOWERCASE_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -87,15 +93,19 @@ class LettersBudget:
                 "lr_drops": self.lr_drops, "width": self.width, "batch_size": self.batch_size, "lr": self.lr}
 
 
-#: ``quick``: a cold main job in minutes on 2 CPU cores; ``report``: the reproducibility
+#: ``quick``: a cold main job in minutes on 2 CPU cores; patience 2, because models without
+#: batch norm stopped at the first epoch without progress (patience 1) were 1-5 points short
+#: of where they converge, which made the batch-norm comparison and the seed-to-seed spread
+#: measure that shortfall. ``report``: the reproducibility
 #: report's protocol (section 3.1: 60 000 training and 10 000 test images, 3 seeds per
 #: cell, Adam at 1e-3 until the validation loss stops falling).
 PROFILES = {
-    "quick": LettersBudget(seeds=3, n_train=6000, n_val=1500, n_test=10000, max_epochs=40, batch_norm_seeds=5),
+    "quick": LettersBudget(seeds=3, n_train=6000, n_val=1500, n_test=10000, max_epochs=60, patience=2, batch_norm_seeds=5),
     "report": LettersBudget(seeds=3, n_train=60000, n_val=10000, n_test=10000, max_epochs=100, patience=2),
 }
 DEFAULT_TRAIN = PROFILES["quick"].n_train
 DEFAULT_EPOCHS = PROFILES["quick"].max_epochs
+DEFAULT_PATIENCE = PROFILES["quick"].patience
 DEFAULT_WIDTH = PROFILES["quick"].width
 DEFAULT_BATCH = PROFILES["quick"].batch_size
 DEFAULT_LR = PROFILES["quick"].lr
@@ -141,9 +151,12 @@ def _glyph(font_path: str, letter: str, stroke: int):
 
 
 def _render(rng, letter: str, fonts: list[str]) -> np.ndarray:
-    """One 28x28 image of ``letter``: the glyph in a 20-px box (as EMNIST), jittered."""
+    """One 28x28 image of ``letter``, in capitals or small letters (``LOWERCASE_SHARE``):
+    the glyph in a 20-px box (as EMNIST), jittered."""
     from PIL import Image
 
+    if rng.random() < LOWERCASE_SHARE:
+        letter = letter.lower()
     glyph = _glyph(fonts[int(rng.integers(len(fonts)))], letter, int(rng.integers(0, 5)))
     angle = float(rng.uniform(-15, 15))
     shear = float(rng.uniform(-0.25, 0.25))
@@ -313,7 +326,7 @@ def predictions(model, images, batch_size: int = 512):
 
 
 def train_letters(size, padding_mode, seed, batch_norm=False, *, n_train=DEFAULT_TRAIN, n_val=None, epochs=DEFAULT_EPOCHS,
-                  patience=1, lr_drops=2, width=DEFAULT_WIDTH, batch_size=DEFAULT_BATCH, lr=DEFAULT_LR, data=None,
+                  patience=DEFAULT_PATIENCE, lr_drops=2, width=DEFAULT_WIDTH, batch_size=DEFAULT_BATCH, lr=DEFAULT_LR, data=None,
                   device="cpu", progress=None):
     """Train a :func:`letters_cnn` from scratch until its validation loss stops falling
     (:func:`pytest_padbias.training.fit_until_converged`), deterministic for ``seed``.
@@ -511,7 +524,7 @@ def train_in_parallel(jobs, workers: int | None = None) -> None:
 
 
 def letters_config(name, size, padding_mode, seed, batch_norm=False, *, n_train=DEFAULT_TRAIN, n_val=None,
-                   epochs=DEFAULT_EPOCHS, patience=1, lr_drops=2, width=DEFAULT_WIDTH, batch_size=DEFAULT_BATCH,
+                   epochs=DEFAULT_EPOCHS, patience=DEFAULT_PATIENCE, lr_drops=2, width=DEFAULT_WIDTH, batch_size=DEFAULT_BATCH,
                    lr=DEFAULT_LR, data=None) -> dict:
     """The cache key of a letters model (what :func:`trained_model` trains for these arguments)."""
     if name != "letters":
@@ -528,7 +541,7 @@ def is_cached(config: dict, cache_dir=None) -> bool:
 
 def trained_model(name: str, size: int, padding_mode: str = "zeros", seed: int = 0, batch_norm: bool = False, *,
                   cache_dir=None, n_train: int = DEFAULT_TRAIN, n_val: int | None = None, epochs: int = DEFAULT_EPOCHS,
-                  patience: int = 1, lr_drops: int = 2, width: int = DEFAULT_WIDTH, batch_size: int = DEFAULT_BATCH,
+                  patience: int = DEFAULT_PATIENCE, lr_drops: int = 2, width: int = DEFAULT_WIDTH, batch_size: int = DEFAULT_BATCH,
                   lr: float = DEFAULT_LR, data=None, device: str = "cpu", progress=None):
     """A zoo model in eval mode on ``device``, trained once and then read from the cache.
 

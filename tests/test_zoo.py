@@ -31,6 +31,23 @@ def test_letters_are_deterministic_and_balanced():
     assert not torch.equal(x1, other) and not torch.equal(x1, test)
 
 
+def test_each_class_mixes_capitals_and_small_letters_as_emnist_letters_does(monkeypatch):
+    drawn = []
+    glyph = zoo._glyph
+
+    def recording(font, letter, stroke):
+        drawn.append(letter)
+        return glyph(font, letter, stroke)
+
+    monkeypatch.setattr(zoo, "_glyph", recording)
+    zoo._letters_split.cache_clear()
+    _x, y = zoo.letters("train", 28, 520, data_seed=7)
+    zoo._letters_split.cache_clear()
+    assert [d.upper() for d in drawn] == [zoo.LETTERS[k] for k in y.tolist()]  # a small letter keeps its capital's class
+    small = sum(d.islower() for d in drawn) / len(drawn)
+    assert abs(small - zoo.LOWERCASE_SHARE) < 0.07, small
+
+
 def test_29_is_the_28_image_with_a_background_row_and_column():
     x28, y28 = zoo.letters("test", 28, 26)
     x29, y29 = zoo.letters("test", 29, 26)
