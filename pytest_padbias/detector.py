@@ -63,9 +63,11 @@ DEFAULTS = dict(n_train=2048, n_val=512, max_epochs=30, patience=2, lr_drops=1, 
 #: Training budget and seeds per zoo profile (``--padbias-zoo-profile``).
 #: ``seeds`` per padding mode, the training split and early stopping (the rest of
 #: :data:`DEFAULTS` as is), held-out test scenes for the AP and the location maps' grid and
-#: backgrounds.
+#: backgrounds. The quick profile's 8 seeds: its per-seed AP differences spread by about
+#: 2.4 points, and 4 seeds left an interval of +-3.8 points around a gain of -0.6 to -1.1,
+#: so that neither the paper's +2.96 nor its opposite could be excluded.
 DETECTOR_PROFILES = {
-    "quick": dict(seeds=4, n_train=2048, n_val=512, max_epochs=30, patience=2, lr_drops=1,
+    "quick": dict(seeds=8, n_train=2048, n_val=512, max_epochs=30, patience=2, lr_drops=1,
                   n_test=512, grid=(23, 24), n_backgrounds=8),
     "report": dict(seeds=8, n_train=8192, n_val=2048, max_epochs=100, patience=3, lr_drops=2,
                    n_test=2048, grid=(45, 47), n_backgrounds=16),

@@ -52,10 +52,14 @@ def claim(name, paper, measured, summary, source, decision, figures=(), **detail
                        summary=summary, figures=list(figures))
 
 
-def _open_note(effects, target):
-    """For a claim left open: the seeds the interval would need to decide it."""
-    n = needed_n(effects, target)
-    return {} if n is None else {"seeds_needed_to_decide": n, "target_half_width": round(target, 3)}
+def _open_note(decision, effects):
+    """For a claim left open: the seeds its interval would need, at this estimate and
+    spread, to be decided either way."""
+    if decision.verdict != "not resolved":
+        return {}
+    n = needed_n(effects, decision.decisive_half_width)
+    return {} if n is None else {"seeds_needed_to_decide": n, "target_half_width": round(decision.decisive_half_width, 3),
+                                 "spread_sd": round(float(np.std(effects, ddof=1)), 3)}
 
 
 def _location_figure(z) -> Figure:
@@ -158,7 +162,7 @@ def test_zero_padded_detector_has_a_blind_spot_near_a_border(detector_zoo, padbi
         uneven_strided_convs=[{"layer": r.layer, "input": list(r.input_size), "pad_read (t, b, l, r)": list(r.pad_read)}
                               for r in uneven],
         minimal_blind_spot_points=BLIND_SPOT_MINIMAL, zoo=z.describe(), training=z.training(),
-        **_open_note(units, BLIND_SPOT_MINIMAL / 2)))
+        **_open_note(decision, units)))
     record_verdict(result, decision)
 
 
@@ -215,5 +219,5 @@ def test_mirror_padding_raises_the_average_precision(detector_zoo, padbias_recor
         precision_at_0_5={m: {f"seed {s}": round(results[m][s]["precision_at_0.5"], 4) for s in z.seeds} for m in MODES},
         detectability_cv_over_locations=cv, objects_per_seed=results["zeros"][z.seeds[0]]["objects"],
         matching="local maxima (3x3) of each head, greedy in score order, an object of the head's scale within one cell",
-        zoo=z.describe(), training=z.training(), **_open_note(units, PAPER_AP_GAIN / 4)))
+        zoo=z.describe(), training=z.training(), **_open_note(decision, units)))
     record_verdict(result, decision)
