@@ -212,6 +212,29 @@ def _sup(a, n_a: int, b, n_b: int):
     return np.maximum(work.max(axis=1), 0.0)
 
 
+def _exact_ks(lt, le, n: int, m: int):
+    """``ks_from_counts`` in ks_2samp's exact mode (n, m <= 10000): ``_sup``'s numerators and
+    denominators (so its floats), with lt * n and le * n formed once for all three statistics
+    in reused buffers (on small maps these passes cost about as much as the counting)."""
+    import numpy as np
+
+    k = min(n, m)
+    j = np.arange(1, n + 1, dtype=np.int64)
+    lt_n, le_n = np.multiply(lt, n), np.multiply(le, n)
+    work = np.empty_like(lt_n)
+
+    def top(numerator_out, denominator):
+        return np.maximum(numerator_out.max(axis=1), 0) / float(denominator)
+
+    ks = np.maximum(top(np.subtract(j * m, le_n, out=work), n * m),
+                    top(np.subtract(lt_n, (j - 1) * m, out=work), n * m))
+    np.maximum(lt_n, (m - k) * n, out=lt_n)  # the k highest: max(0, lt - (m - k)) * n, shifted by (m - k) * n
+    ks_plus = top(np.subtract(lt_n, (j - 1) * k + (m - k) * n, out=work), k * n)
+    np.minimum(le_n, k * n, out=le_n)  # the k lowest: min(k, le) * n
+    ks_minus = top(np.subtract(j * k, le_n, out=work), n * k)
+    return ks, ks_plus, ks_minus
+
+
 def ks_from_counts(lt, le, n: int, m: int):
     """KS, KS+ and KS- per row from exact counts of the centre below sorted border values,
     equal to scipy.stats.ks_2samp's statistics (method 'auto', what a plain call uses).
@@ -225,6 +248,8 @@ def ks_from_counts(lt, le, n: int, m: int):
     """
     import numpy as np
 
+    if max(n, m) <= AUTO_EXACT_MAX:
+        return _exact_ks(lt, le, n, m)
     j = np.arange(1, n + 1, dtype=np.int64)
     ks = np.maximum(_sup(j, n, le, m), _sup(lt, m, j - 1, n))
     k = min(n, m)

@@ -212,6 +212,37 @@ def test_chunked_census_is_identical_on_a_real_network():
         np.testing.assert_array_equal(getattr(whole, name), getattr(chunked, name))
 
 
+def test_chunked_census_matches_scipy_on_every_neuron_of_a_real_network():
+    """The chunked mode (what --padbias-max-memory picks when a batch does not fit) sums
+    each chunk's exact counts: every statistic equals scipy's on the whole batch, with
+    chunks of unequal size (3 + 2 images) and in ks_2samp's exact and asymptotic regimes."""
+    torch.manual_seed(2)
+    import torchvision
+
+    net = torchvision.models.resnet18(num_classes=10).eval()
+    model = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1).eval()
+    images = torch.randn(5, 3, 96, 96)
+    census = pan_census(model, images, chunk_size=3)
+    assert census.layers[0].centre_count > 10000 > census.layers[1].centre_count
+    assert_matches_scipy(census, conv_outputs(model, images))
+
+
+def test_exact_mode_statistics_equal_the_general_formula():
+    """``ks_from_counts``' exact-mode shortcut gives the floats of the general ``_sup`` path."""
+    from pytest_padbias import pans
+
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        n, m = int(rng.integers(1, 300)), int(rng.integers(1, 2000))
+        lt = np.sort(rng.integers(0, m + 1, (4, n)), axis=1)
+        le = np.maximum.accumulate(np.minimum(lt + rng.integers(0, 3, (4, n)), m), axis=1)
+        j, k = np.arange(1, n + 1), min(n, m)
+        general = (np.maximum(pans._sup(j, n, le, m), pans._sup(lt, m, j - 1, n)),
+                   pans._sup(np.maximum(lt - (m - k), 0), k, j - 1, n), pans._sup(j, n, np.minimum(le, k), k))
+        for mine, ref in zip(ks_from_counts(lt, le, n, m), general):
+            np.testing.assert_array_equal(mine, ref)
+
+
 # --------------------------------------------------------------------------- records, json
 
 
