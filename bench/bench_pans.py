@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_pans.py                # timing, sampled scipy baseline, memory, numbers
     .venv/bin/python bench/bench_pans.py --full-scipy   # run the scipy loop on every neuron (slow)
+    .venv/bin/python bench/bench_pans.py --threads 1    # one torch thread and one census worker
 
 Prints, all measured in this run on the same machine:
   1. analysis time / bare forward time (target <= 0.5): census time minus forward time,
@@ -148,7 +149,8 @@ def memory_child(kind: str, n_images: int) -> None:
 def measure_memory(n_images: int) -> dict:
     result = {}
     for kind in ("forward", "census", "store"):
-        out = subprocess.run([sys.executable, __file__, "--memory-child", kind, "--images", str(n_images)],
+        threads = ["--threads", str(torch.get_num_threads())]
+        out = subprocess.run([sys.executable, __file__, "--memory-child", kind, "--images", str(n_images), *threads],
                              capture_output=True, text=True, check=True)
         result[kind] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
@@ -281,8 +283,12 @@ def main() -> None:
                         help="ks_2samp's p-value method: 'auto' is what a plain loop calls; the statistic is the same")
     parser.add_argument("--resnet-repeats", type=int, default=3, help="interleaved pairs per ResNet-50 size (0: skip)")
     parser.add_argument("--resnet-images", type=int, default=16, help="images per ResNet-50 pass")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (and so census workers) for every part, memory children included; default: torch's")
     parser.add_argument("--memory-child", choices=["forward", "census", "store"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.memory_child:
         memory_child(args.memory_child, args.images)
         return
