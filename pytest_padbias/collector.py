@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from . import __version__
-from .report import PROPERTY, RUN_PROPERTY, TARGET_PROPERTY, dumps, write_atomic
+from .report import PROPERTY, RUN_PROPERTY, TARGET_PROPERTY, build_document, dumps, with_suffix, write_atomic
 from .stash import entries_key, pages_key, settings_key, targets_key
 
 
@@ -33,10 +33,6 @@ class ReportCollector:
     @property
     def several(self) -> bool:
         return len(self.config.stash[targets_key]) > 1
-
-    @property
-    def comparison(self):  # the single target's (old name, rows), as before
-        return next(iter(self.comparisons.values()), None) if not self.several else None
 
     def pytest_runtest_logreport(self, report):
         from .matrix import strip_group
@@ -72,8 +68,6 @@ class ReportCollector:
             run.update(self.runs.get(t.id if self.several else None, {}))
             if run.get("torch_version") is None:
                 run["torch_version"] = _installed_version("torch")
-            from .report import build_document
-
             self.documents[t.id] = build_document(run, dict(sorted({**shared, **per_target[t.id]}.items())))
         if settings.compare:
             self._compare(session, settings, targets)
@@ -83,8 +77,6 @@ class ReportCollector:
                                               {t.id: pages[t.id].name for t in targets} if pages else {})
             for t in targets:
                 if t.id in pages:
-                    from .report import with_suffix
-
                     write_atomic(with_suffix(pages[t.id], ".json"), dumps(self.documents[t.id]))
             if settings.report_dir:
                 from .index import index_html
