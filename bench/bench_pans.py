@@ -207,7 +207,7 @@ def print_scipy(model, images, t: dict, per_layer, method: str) -> None:
         row[0] += layer.out_channels
         row[1] += scipy_s
         row[2] += layer.analysis_seconds
-    print("    by output map size (census seconds: the census's own per-layer wall time in its hooks, median over the runs "
+    print("    by output map size (census seconds: the thread time all threads spent on those layers in the census hooks, median over the runs "
           "of [1]; target >= 60x each):")
     for (h, w), (n, sp, ce) in by_size.items():
         print(f"      {h}x{w}: {n} neurons, scipy {sp:.2f} s / census {ce:.3f} s = {sp / ce:.0f}x")

@@ -134,7 +134,7 @@ def watch_inputs(model):
 #: The stage a gate was in, by the function of pytest-padbias that called the user's code.
 _STAGES = {
     ("shifts", "_forward"): "evaluating shifted views",
-    ("pans", "run"): "running the PAN census",
+    ("pans", "_run"): "running the PAN census",
     ("pans", "pan_census"): "running the PAN census",
     ("blindspots", "score"): "scoring stimulus placements",
     ("pan_figures", None): "drawing the PAN figures",

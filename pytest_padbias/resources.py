@@ -244,21 +244,25 @@ def census_costs(model, input_size, n_images: int, workers: int = 1, min_kernel:
 
     A chunked census keeps every border value of every image (float32) with its sorted
     copy and two int64 counts (24 bytes each) for all layers at once; a single pass does
-    so for one layer at a time. Each worker sorts at least one channel's centre of the
-    pass (4 bytes per centre value). The gate's histogram of its strongest neuron holds
-    one channel's centre of every image and its sorted copy (float32; planned at 12 bytes
-    per value of the largest map).
+    so for one layer at a time. A worker handles a block of channels at a time, at least
+    one channel's centre of the pass and at most ``ELEM_BUDGET`` values beyond: the single
+    pass's histogram needs 21 bytes of scratch per value (a float32 copy, two float32 and
+    one int64 working arrays, one mask byte), the chunked pass sorts a float32 copy. The
+    gate's histogram of its strongest neuron holds one channel's centre of every image
+    and its sorted copy (float32; planned at 12 bytes per value of the largest map).
     """
     import torch.nn as nn
+
+    from .pans_counts import ELEM_BUDGET
 
     profile = activation_profile(model, input_size)
     names = {name for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and max(m.kernel_size) >= min_kernel}
     borders = [c * 2 * (oh + ow) for name, c, oh, ow in profile.conv_outputs if name in names and oh >= 3 and ow >= 3]
     centre = max((oh * ow for name, c, oh, ow in profile.conv_outputs if name in names), default=0)
-    sort = 4 * max(1, workers) * centre
+    workers = max(1, workers)
     figure = 12 * centre * n_images
-    return {"single": (sort + 24 * max(borders, default=0), figure),
-            "chunked": (sort, 24 * sum(borders) * n_images + figure)}
+    return {"single": (21 * workers * centre + 24 * max(borders, default=0), figure + 21 * workers * ELEM_BUDGET),
+            "chunked": (4 * workers * centre, 24 * sum(borders) * n_images + figure + 4 * workers * ELEM_BUDGET)}
 
 
 def census_chunk_size(model, images, budget: int, workers: int = 1) -> int | None:

@@ -220,7 +220,7 @@ if KIND == "internal_bug":
     @pytest.fixture(autouse=True)
     def _bug_in_pytest_padbias(monkeypatch):
         # A C-level call raising inside the PAN census: the exception comes from our code.
-        monkeypatch.setattr("pytest_padbias.pans.ks_from_counts", functools.partial(divmod, 1, 0))
+        monkeypatch.setattr("pytest_padbias.pans_scan.ks_from_counts", functools.partial(divmod, 1, 0))
 
 if KIND == "detection_with_score":
     @pytest.fixture
@@ -344,7 +344,7 @@ def test_matrix(pytester, kind, gate):
     pieces = [f"@padbias.{gate} {expected[0]}", *expected[1:]] if expected[0] == COULD_NOT else expected
     assert line_with(text, pieces), f"no line with {pieces!r} in:\n{text}"
     if kind == "internal_bug":  # our own bug: visible, with our traceback
-        assert "This is a bug in pytest-padbias, not in the model" in text and "pytest_padbias/pans.py" in text
+        assert "This is a bug in pytest-padbias, not in the model" in text and "pytest_padbias/pans_scan.py" in text
     else:  # one sentence, no traceback of the model or of torch
         assert "Traceback" not in text and "torch/nn/modules" not in text and "conftest.py:" not in text
 

@@ -135,11 +135,10 @@ def test_every_neuron_of_a_real_network_matches_scipy():
     assert_matches_scipy(census, conv_outputs(model, images))
 
 
-def test_every_neuron_matches_scipy_where_searches_are_pruned_and_rounding_is_asymptotic():
+def test_every_neuron_matches_scipy_where_rounding_is_asymptotic():
     """ResNet-18's stem on 3 images of 128x128: the 64x64 maps have 11532 centre values,
-    above which ks_2samp rounds ECDF differences in float64 instead of its exact lattice,
-    and 60 centre values per border value, where the census searches only where a maximum
-    can be; layer1's 32x32 maps are pruned too. Every statistic equals scipy's."""
+    above which ks_2samp rounds ECDF differences in float64 instead of its exact lattice
+    (and the histogram has its most bins per channel). Every statistic equals scipy's."""
     torch.manual_seed(0)
     import torchvision
 
@@ -152,23 +151,28 @@ def test_every_neuron_matches_scipy_where_searches_are_pruned_and_rounding_is_as
 
 
 @pytest.mark.parametrize("levels", [50, None])
-def test_pruned_counts_differ_from_the_full_counts_but_give_the_same_statistics(levels):
-    """Counts that no maximum depends on are left as bounds (so the pruning prunes), yet
-    every statistic is the one of the full counts; with few levels, ties everywhere."""
+@pytest.mark.parametrize("bins", [None, 2])
+def test_bucket_counts_differ_from_the_full_counts_but_give_the_same_statistics(levels, bins):
+    """Counts that no maximum depends on are left as bounds (so the histogram prunes), yet
+    every statistic is the one of the full counts; with few levels, ties everywhere; with
+    2 bins per channel, nearly everything is refined. Zeros (a bin of their own) included."""
     rng = np.random.default_rng(levels or 0)
     rows, m, sizes = 6, 40000, [400, 400, 300, 300]
-    values = rng.integers(0, levels, (rows, m + sum(sizes))) if levels else rng.standard_normal((rows, m + sum(sizes)))
+    values = rng.integers(-levels // 2, levels // 2, (rows, m + sum(sizes))) if levels else rng.standard_normal((rows, m + sum(sizes)))
     values = values.astype(np.float32)
     values[:, m:m + 400] += 0.3  # one border shifted: a large KS somewhere
-    centre = np.sort(values[:, :m], axis=1)
+    values[:2, ::3] = 0.0
+    centre = values[:, :m]
     queries = np.concatenate([np.sort(part, axis=1) for part in np.split(values[:, m:], np.cumsum(sizes)[:-1], axis=1)], axis=1)
-    full = pans_counts.exact_counts(centre, queries)
-    pruned = pans_counts.pruned_counts(centre, queries, sizes, pans_counts.search_step(m, min(sizes)))
-    assert any((p != f).any() for p, f in zip(pruned, full))
+    full = pans_counts.exact_counts(np.sort(centre, axis=1), queries)
+    with mock.patch.multiple(pans_counts, MIN_BINS=bins or pans_counts.MIN_BINS, MAX_BINS=bins or pans_counts.MAX_BINS):
+        bounded = pans_counts.bucket_counts(np.ascontiguousarray(centre), queries, sizes)
+    if levels is None:  # (50 levels: the bounds, or the refinement, are exact everywhere)
+        assert any((p != f).any() for p, f in zip(bounded, full))
     start = 0
     for size in sizes:
         seg = slice(start, start + size)
-        for mine, ref in zip(ks_from_counts(pruned[0][:, seg], pruned[1][:, seg], size, m),
+        for mine, ref in zip(ks_from_counts(bounded[0][:, seg], bounded[1][:, seg], size, m),
                              ks_from_counts(full[0][:, seg], full[1][:, seg], size, m)):
             np.testing.assert_array_equal(mine, ref)
         start += size
@@ -191,17 +195,17 @@ def test_generated_samples_with_ties_match_scipy(n, h, w, levels, scale, seed):
     census = pan_census(identity, maps, min_kernel=1)
     assert_matches_scipy(census, {"": maps.numpy()[:, 0][:, None]})
     chunked = pan_census(identity, maps, min_kernel=1, chunk_size=1)
-    with mock.patch.object(pans_counts, "PRUNE_FROM", 0):  # the pruned searches on these small maps too
-        pruned = pan_census(identity, maps, min_kernel=1)
-    for other in (chunked, pruned):
+    with mock.patch.multiple(pans_counts, MIN_BINS=1, MAX_BINS=1):  # one bin per channel: everything refined
+        one_bin = pan_census(identity, maps, min_kernel=1)
+    for other in (chunked, one_bin):
         np.testing.assert_array_equal(other.ks, census.ks)
         np.testing.assert_array_equal(other.ks_plus, census.ks_plus)
         np.testing.assert_array_equal(other.ks_minus, census.ks_minus)
 
 
 def test_chunked_census_is_identical_on_a_real_network():
-    """The chunked mode counts everything exactly; the single pass prunes its searches on
-    the 48x48 and 24x24 maps; the statistics are the same."""
+    """The chunked mode counts everything exactly; the single pass only where a maximum
+    can be; the statistics are the same."""
     torch.manual_seed(1)
     import torchvision
 
@@ -229,16 +233,14 @@ def test_chunked_census_matches_scipy_on_every_neuron_of_a_real_network():
 
 def test_exact_mode_statistics_equal_the_general_formula():
     """``ks_from_counts``' exact-mode shortcut gives the floats of the general ``_sup`` path."""
-    from pytest_padbias import pans
-
     rng = np.random.default_rng(3)
     for _ in range(200):
         n, m = int(rng.integers(1, 300)), int(rng.integers(1, 2000))
         lt = np.sort(rng.integers(0, m + 1, (4, n)), axis=1)
         le = np.maximum.accumulate(np.minimum(lt + rng.integers(0, 3, (4, n)), m), axis=1)
         j, k = np.arange(1, n + 1), min(n, m)
-        general = (np.maximum(pans._sup(j, n, le, m), pans._sup(lt, m, j - 1, n)),
-                   pans._sup(np.maximum(lt - (m - k), 0), k, j - 1, n), pans._sup(j, n, np.minimum(le, k), k))
+        general = (np.maximum(pans_counts._sup(j, n, le, m), pans_counts._sup(lt, m, j - 1, n)),
+                   pans_counts._sup(np.maximum(lt - (m - k), 0), k, j - 1, n), pans_counts._sup(j, n, np.minimum(le, k), k))
         for mine, ref in zip(ks_from_counts(lt, le, n, m), general):
             np.testing.assert_array_equal(mine, ref)
 
