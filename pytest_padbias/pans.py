@@ -16,7 +16,7 @@ centre values hold max(0, lt(b) - (M - k)) values below b and the k lowest min(k
 rounded exactly as scipy.stats.ks_2samp rounds it (``ks_from_counts``), so the values are
 scipy's bit for bit. The counts come from a histogram of each channel's centre, made
 exact by a search among the values of a bin only where a maximum can be (``pans_counts``;
-the chunked mode sorts each chunk's centre and counts everything); blocks of channels run
+small maps and the chunked mode sort the centre and count everything); blocks of channels run
 on the CPU's threads. Each layer is analysed in its forward hook and its activations are
 dropped with it.
 """

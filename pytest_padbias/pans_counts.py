@@ -18,7 +18,8 @@ and zero padding make 0 the one value that fills a third or more of many channel
 bin holding a single value needs no refinement.
 
 :func:`exact_counts` (sort, then binary searches) counts every border value exactly; the
-chunked mode needs that, since its counts are sums over chunks.
+chunked mode needs that, since its counts are sums over chunks, and small maps (7x7), with
+about as many border values as centre values, are faster that way (``SORT_FROM``).
 """
 from __future__ import annotations
 
@@ -32,6 +33,12 @@ ELEM_BUDGET = 1 << 20
 #: (more bins leave fewer values to refine; past 2**14 the histogram no longer fits in L2)
 VALUES_PER_BIN = 4
 MIN_BINS, MAX_BINS = 16, 1 << 14
+#: bins histogrammed by one np.bincount call: its random increments stay in a core's L2
+#: (a block's whole histogram, up to 6 MB on 14x14 maps, cost twice as much per value)
+GROUP_BINS = 1 << 16
+#: border values per centre value from which sorting the centre beats the histogram
+#: (measured per map size on MobileNetV2: 7x7 maps have about 1.1, 14x14 0.39)
+SORT_FROM = 0.5
 _SIGN = np.int32(-2 ** 31)
 
 
@@ -199,7 +206,7 @@ def _maximand_bounds(lower, upper, n: int, m: int):
     """(lowest, highest) numerators of the four maximands of ``ks_from_counts`` at every j
     (1-based) of one border, for counts lt, le known to lie in [lower, upper]."""
     k = min(n, m)
-    j = np.arange(1, n + 1, dtype=np.int64)
+    j = np.arange(1, n + 1, dtype=lower.dtype)
     low = (j * m - upper * n, lower * n - (j - 1) * m,
            np.maximum(lower - (m - k), 0) * n - (j - 1) * k, j * k - np.minimum(upper, k) * n)
     high = (j * m - lower * n, upper * n - (j - 1) * m,
@@ -215,11 +222,15 @@ def may_hold_a_maximum(lower, upper, sizes, m: int):
     maximum. Numerators differ by at least 1 in n*m, far more than float64 rounding of the
     asymptotic mode, so this holds for the rounded statistics too; an exact tie is kept."""
     hit = np.zeros(lower.shape, dtype=bool)
+    # every numerator lies within +-n*m: int32 halves the memory traffic where it fits
+    if 2 * max(sizes) * m < 2 ** 31:
+        lower, upper = lower.astype(np.int32), upper.astype(np.int32)
     start = 0
     for n in sizes:
         seg = slice(start, start + n)
         for low, high in zip(*_maximand_bounds(lower[:, seg], upper[:, seg], n, m)):
-            hit[:, seg] |= (high >= low.max(axis=1, keepdims=True)) & (high > 0)
+            # (integers: high > 0 and high >= the best low is high >= max(best low, 1))
+            hit[:, seg] |= high >= np.maximum(low.max(axis=1, keepdims=True), 1)
         start += n
     return hit
 
@@ -230,15 +241,22 @@ def bucket_counts(centre, queries, sizes, name: str = "", scratch: "Scratch | No
     ``centre`` [rows, M] float32 in any order; ``queries`` holds the borders of ``sizes``
     side by side, each sorted. Elsewhere lt is its lower and le its upper bound, so every
     maximand there is at most its true value, and below the maximum, which is reached at
-    an exact j: the statistics of ``ks_from_counts`` are those of the full counts."""
+    an exact j: the statistics of ``ks_from_counts`` are those of the full counts.
+
+    Bin ids restart every ``group`` rows (one bincount per group); a value's global bin
+    is its id plus its group's first bin."""
     rows, m = centre.shape
     scratch = scratch or Scratch()
     lo, scale, nb = _bin_map(centre, name)
-    offsets = np.arange(1, rows * 3 * nb, 3 * nb, dtype=np.int64)[:, None]
-    ids = _bin_ids(centre, lo, scale, nb, offsets, scratch).ravel()
-    hist = np.bincount(ids, minlength=rows * 3 * nb)
-    through = np.cumsum(hist.reshape(rows, 3 * nb), axis=1).ravel()
-    query_ids = _bin_ids(queries, lo, scale, nb, offsets, Scratch())
+    per_row = 3 * nb
+    group = max(1, GROUP_BINS // per_row)
+    ids = _bin_ids(centre, lo, scale, nb, 1 + (np.arange(rows) % group)[:, None] * per_row, scratch).ravel()
+    hist = np.empty(rows * per_row, dtype=np.int64)
+    for r0 in range(0, rows, group):
+        r1 = min(r0 + group, rows)
+        hist[r0 * per_row:r1 * per_row] = np.bincount(ids[r0 * m:r1 * m], minlength=(r1 - r0) * per_row)
+    through = np.cumsum(hist.reshape(rows, per_row), axis=1).ravel()
+    query_ids = _bin_ids(queries, lo, scale, nb, 1 + np.arange(rows)[:, None] * per_row, Scratch())
     le = through.take(query_ids)           # centre values in this bin or below
     shared = hist.take(query_ids)           # ... in this bin
     lt = le - shared
@@ -246,17 +264,28 @@ def bucket_counts(centre, queries, sizes, name: str = "", scratch: "Scratch | No
     unsure = (shared > 0) & (query_ids % 3 != 1)
     refine = unsure & may_hold_a_maximum(lt, le, sizes, m)
     if refine.any():
-        _refine(centre.ravel(), ids, queries[refine], query_ids[refine], lt, le, refine, nb * 3 * rows, scratch)
+        picked = _picked(ids, query_ids[refine], rows, m, per_row, group, scratch)
+        _refine(centre.ravel(), picked, queries[refine], query_ids[refine], lt, le, refine)
     return lt, le
 
 
-def _refine(centre, ids, values, value_ids, lt, le, where, n_bins: int, scratch: "Scratch") -> None:
-    """Exact lt/le at ``where``: the centre values of the bins involved, in (bin, value)
-    order, then one search per value among its own bin's."""
-    wanted = np.zeros(n_bins, dtype=bool)
-    wanted[value_ids] = True
-    picked = wanted.take(ids, out=scratch.get("picked", ids.shape, np.bool_))
-    keys = _order_keys(ids[picked], centre[picked])
+def _picked(ids, wanted_ids, rows: int, m: int, per_row: int, group: int, scratch: "Scratch"):
+    """(flat index, global bin id) of the centre values in the bins of ``wanted_ids``."""
+    wanted = np.zeros(rows * per_row, dtype=bool)
+    wanted[wanted_ids] = True
+    mask = scratch.get("picked", ids.shape, np.bool_)
+    for r0 in range(0, rows, group):
+        r1 = min(r0 + group, rows)
+        wanted[r0 * per_row:r1 * per_row].take(ids[r0 * m:r1 * m], out=mask[r0 * m:r1 * m])
+    where = np.flatnonzero(mask)
+    return where, ids.take(where) + (where // (group * m)) * (group * per_row)
+
+
+def _refine(centre, picked, values, value_ids, lt, le, where) -> None:
+    """Exact lt/le at ``where``: the ``picked`` centre values, in (bin, value) order, then
+    one search per value among its own bin's."""
+    flat, bins = picked
+    keys = _order_keys(bins, centre.take(flat))
     keys.sort()
     query_keys = _order_keys(value_ids, values)
     first = np.searchsorted(keys, value_ids.astype(np.uint64) << np.uint64(32))

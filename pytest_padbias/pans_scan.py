@@ -19,8 +19,8 @@ import time
 
 import numpy as np
 
-from .pans_counts import (ELEM_BUDGET, WorkerPool, bucket_counts, centre_block, exact_counts, ks_from_counts,
-                          sorted_centre)
+from .pans_counts import (ELEM_BUDGET, SORT_FROM, WorkerPool, bucket_counts, centre_block, exact_counts,
+                          ks_from_counts, sorted_centre)
 from .result import PadbiasError
 
 
@@ -94,9 +94,14 @@ class LayerScan:
         started = time.thread_time()
         self.prepare_rows(r0, r1)
         n, c, h, w = out.shape
-        centre = centre_block(out, r0, r1, pool.buffer((r1 - r0) * n * (h - 2) * (w - 2)))
-        self.lt[r0:r1], self.le[r0:r1] = bucket_counts(centre, self.queries[r0:r1], self.sizes, self.name,
-                                                       pool.scratch())
+        m = n * (h - 2) * (w - 2)
+        if self.queries.shape[1] >= SORT_FROM * m:  # small maps: as many border values as centre values
+            centre = sorted_centre(out, r0, r1, pool.buffer((r1 - r0) * m), self.name)
+            self.lt[r0:r1], self.le[r0:r1] = exact_counts(centre, self.queries[r0:r1])
+        else:
+            centre = centre_block(out, r0, r1, pool.buffer((r1 - r0) * m))
+            self.lt[r0:r1], self.le[r0:r1] = bucket_counts(centre, self.queries[r0:r1], self.sizes, self.name,
+                                                           pool.scratch())
         self.finish_rows(r0, r1)
         self.step_seconds.append(time.thread_time() - started)
 
