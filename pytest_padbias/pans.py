@@ -228,7 +228,8 @@ def pan_census(model, images, theta=(0.4, 0.5), min_kernel: int = 2, chunk_size:
     ``images`` is a normalised float batch ``[N, C, H, W]`` (N >= 2) on the model's device.
     Each layer is analysed in its forward hook, on as many worker threads as torch uses,
     so peak memory is the forward pass's plus one layer's borders and the workers' scratch
-    (about 21 bytes per centre value in a block of ``pans_counts.ELEM_BUDGET``). ``chunk_size`` runs the
+    (with numba, a few MB; without, about 21 bytes per centre value in a block of
+    ``pans_counts.ELEM_BUDGET``). ``chunk_size`` runs the
     batch through the model that many images at a time, twice: the first pass keeps the
     border values, the second adds up each chunk's exact centre counts, so the result is
     the one of a single pass (as long as the model gives an image the same activations

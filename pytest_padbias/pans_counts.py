@@ -1,4 +1,8 @@
-"""The counting kernels of the PAN census: how many centre values lie below each border value.
+"""The numpy counting kernels of the PAN census: how many centre values lie below each border value.
+
+The census uses the compiled kernel of :mod:`.pans_compiled` where numba is installed
+(the same method in one fused pass, several times faster); these kernels are the
+fallback, and ``ks_from_counts`` turns either's counts into scipy's statistics.
 
 Every KS statistic of :mod:`pytest_padbias.pans` is a maximum, over the sorted border
 values b_1 <= ... <= b_n of one border, of an expression in lt(b_j) = #(centre < b_j) and

@@ -3,8 +3,10 @@ layer and how the counting of :mod:`pytest_padbias.pans_counts` is scheduled.
 
 One pass over all images (the default) analyses each layer inside its forward hook, on
 all of the CPU's threads (torch's own threads wait for the hook to return): the borders
-are copied and sorted, and each block of channels copies its centre into its worker's
-scratch and histograms it. The layer's output is never kept beyond its hook, so the peak
+are copied and sorted, and each block of channels is counted by the compiled kernel of
+:mod:`pytest_padbias.pans_compiled` straight from the layer's output (or, without numba,
+copies its centre into its worker's scratch for the numpy kernels of
+:mod:`pytest_padbias.pans_counts`). The layer's output is never kept beyond its hook, so the peak
 is the forward pass's plus one layer's borders and the workers' scratch. Analysing the
 layers beside the forward pass instead (on torch's threads minus one) was measured
 slower on a 2-core machine: the convolutions scale with the second thread about as well
@@ -19,6 +21,7 @@ import time
 
 import numpy as np
 
+from . import pans_compiled
 from .pans_counts import (ELEM_BUDGET, SORT_FROM, WorkerPool, bucket_counts, centre_block, exact_counts,
                           ks_from_counts, sorted_centre)
 from .result import PadbiasError
@@ -95,7 +98,10 @@ class LayerScan:
         self.prepare_rows(r0, r1)
         n, c, h, w = out.shape
         m = n * (h - 2) * (w - 2)
-        if self.queries.shape[1] >= SORT_FROM * m:  # small maps: as many border values as centre values
+        if pans_compiled.available():
+            self.lt[r0:r1], self.le[r0:r1] = pans_compiled.compiled_counts(out, r0, r1, self.queries[r0:r1],
+                                                                           self.sizes, name=self.name)
+        elif self.queries.shape[1] >= SORT_FROM * m:  # small maps: as many border values as centre values
             centre = sorted_centre(out, r0, r1, pool.buffer((r1 - r0) * m), self.name)
             self.lt[r0:r1], self.le[r0:r1] = exact_counts(centre, self.queries[r0:r1])
         else:
@@ -109,8 +115,12 @@ class LayerScan:
         """Chunked pass 2: add the exact counts of channels r0:r1 in this chunk's centre."""
         started = time.thread_time()
         n, c, h, w = out.shape
-        centre = sorted_centre(out, r0, r1, pool.buffer((r1 - r0) * n * (h - 2) * (w - 2)), self.name)
-        lt, le = exact_counts(centre, self.queries[r0:r1])
+        if pans_compiled.available():
+            lt, le = pans_compiled.compiled_counts(out, r0, r1, self.queries[r0:r1], self.sizes, exact=True,
+                                                   name=self.name)
+        else:
+            centre = sorted_centre(out, r0, r1, pool.buffer((r1 - r0) * n * (h - 2) * (w - 2)), self.name)
+            lt, le = exact_counts(centre, self.queries[r0:r1])
         self.lt[r0:r1] += lt
         self.le[r0:r1] += le
         self.step_seconds.append(time.thread_time() - started)
@@ -139,6 +149,7 @@ def single_pass_step(scan: LayerScan, out, pool: WorkerPool, results: dict) -> N
     """The whole analysis of one layer, on every worker, before the hook returns (so before
     an in-place operation such as ReLU(inplace=True) can change ``out``)."""
     n, c, h, w = out.shape
+    out = pans_compiled.contiguous(out)
     scan.collect(out, keep=True)
     scan.prepare(c)
     pool.run(lambda r0, r1: scan.analyse_rows(out, r0, r1, pool), scan.blocks(pool.workers, n * (h - 2) * (w - 2)))
@@ -150,6 +161,7 @@ def chunked_hook_step(scan: LayerScan, out, step: str, pool: WorkerPool) -> None
     if step == "collect":
         scan.collect(out, keep=True)
         return
+    out = pans_compiled.contiguous(out)
     blocks = scan.blocks(pool.workers, out.shape[0] * (out.shape[2] - 2) * (out.shape[3] - 2))
     pool.run(lambda r0, r1: scan.count_rows(out, r0, r1, pool), blocks)
 

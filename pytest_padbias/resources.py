@@ -250,6 +250,8 @@ def census_costs(model, input_size, n_images: int, workers: int = 1, min_kernel:
     one int64 working arrays, one mask byte), the chunked pass sorts a float32 copy. The
     gate's histogram of its strongest neuron holds one channel's centre of every image
     and its sorted copy (float32; planned at 12 bytes per value of the largest map).
+    These are the numpy kernels' needs; the compiled kernel (numba) reads the centre in
+    place and needs less, so with it the plan is conservative.
     """
     import torch.nn as nn
 

@@ -17,7 +17,7 @@ import torch.nn as nn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pytest_padbias import pan_figures, pans_counts, pans_scan
+from pytest_padbias import pan_figures, pans_compiled, pans_counts, pans_scan
 from pytest_padbias.intervention import pan_reflect_experiment, random_control
 from pytest_padbias.pan_gate import max_pans_arguments, max_pans_check
 from pytest_padbias.pans import BORDERS, PAN_TYPES, ks_from_counts, pan_census
@@ -64,6 +64,17 @@ def assert_matches_scipy(census, activations):
             mine = (census.ks[row, b], census.ks_plus[row, b], census.ks_minus[row, b])
             differ += [(layer, row, b, x, y) for x, y in zip(mine, scipy_statistics(border, centre)) if x != y]
     assert not differ, differ[:5]
+
+
+KERNELS = ["compiled", "numpy"]
+
+
+def kernel(name: str):
+    """The census's counting kernel: the compiled one (numba) or the numpy fallback that
+    runs where numba is missing. Both must give scipy's statistics."""
+    if name == "compiled" and not pans_compiled.available():
+        pytest.skip("numba is not installed")
+    return mock.patch.object(pans_compiled, "available", lambda: name == "compiled")
 
 
 def conv_outputs(model, images):
@@ -121,7 +132,8 @@ def test_sobel_edge_detector_is_flagged_by_full_ks_but_cleared_by_truncated_ks()
 # ------------------------------------------------------------------------- scipy equality
 
 
-def test_every_neuron_of_a_real_network_matches_scipy():
+@pytest.mark.parametrize("counting", KERNELS)
+def test_every_neuron_of_a_real_network_matches_scipy(counting):
     """torchvision's ResNet-18 (random init) up to layer1: 64 + 4*64 neurons on 20x20 and
     10x10 maps; every KS, KS+ and KS- against scipy.stats.ks_2samp."""
     torch.manual_seed(0)
@@ -130,12 +142,14 @@ def test_every_neuron_of_a_real_network_matches_scipy():
     net = torchvision.models.resnet18(num_classes=10).eval()
     model = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1).eval()
     images = torch.randn(2, 3, 40, 40)
-    census = pan_census(model, images)
+    with kernel(counting):
+        census = pan_census(model, images)
     assert census.n_neurons == 64 + 4 * 64
     assert_matches_scipy(census, conv_outputs(model, images))
 
 
-def test_every_neuron_matches_scipy_where_rounding_is_asymptotic():
+@pytest.mark.parametrize("counting", KERNELS)
+def test_every_neuron_matches_scipy_where_rounding_is_asymptotic(counting):
     """ResNet-18's stem on 3 images of 128x128: the 64x64 maps have 11532 centre values,
     above which ks_2samp rounds ECDF differences in float64 instead of its exact lattice
     (and the histogram has its most bins per channel). Every statistic equals scipy's."""
@@ -145,7 +159,8 @@ def test_every_neuron_matches_scipy_where_rounding_is_asymptotic():
     net = torchvision.models.resnet18(num_classes=10).eval()
     model = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1).eval()
     images = torch.randn(3, 3, 128, 128)
-    census = pan_census(model, images)
+    with kernel(counting):
+        census = pan_census(model, images)
     assert census.layers[0].centre_count > 10000 and census.layers[0].out_size == (64, 64)
     assert_matches_scipy(census, conv_outputs(model, images))
 
@@ -188,25 +203,71 @@ with torch.no_grad():
        scale=st.sampled_from([1.0, 1e-30, -2.5]), seed=st.integers(0, 2**16))
 def test_generated_samples_with_ties_match_scipy(n, h, w, levels, scale, seed):
     """An identity 1x1 conv puts generated maps through the census unchanged; few levels
-    make many ties between and within border and centre (k > centre size included)."""
+    make many ties between and within border and centre (k > centre size included). Both
+    kernels, the numpy one on both of its paths, single pass and chunked."""
     rng = np.random.default_rng(seed)
     maps = torch.from_numpy((rng.integers(0, levels, size=(n, 1, h, w)) * scale).astype(np.float32))
     maps[maps == 0] = -0.0 if seed % 2 else 0.0  # -0.0 and +0.0 are equal to scipy too
     census = pan_census(identity, maps, min_kernel=1)
     assert_matches_scipy(census, {"": maps.numpy()[:, 0][:, None]})
-    chunked = pan_census(identity, maps, min_kernel=1, chunk_size=1)
-    # maps this small are sorted (as many border as centre values): force the histogram too
-    with mock.patch.object(pans_scan, "SORT_FROM", float("inf")):
-        histogram = pan_census(identity, maps, min_kernel=1)
-        with mock.patch.multiple(pans_counts, MIN_BINS=1, MAX_BINS=1):  # one bin per channel: everything refined
-            one_bin = pan_census(identity, maps, min_kernel=1)
-    for other in (chunked, histogram, one_bin):
+    others = [pan_census(identity, maps, min_kernel=1, chunk_size=1)]
+    with mock.patch.object(pans_compiled, "available", lambda: False):
+        others += [pan_census(identity, maps, min_kernel=1), pan_census(identity, maps, min_kernel=1, chunk_size=1)]
+        # maps this small are sorted (as many border as centre values): force the histogram too
+        with mock.patch.object(pans_scan, "SORT_FROM", float("inf")):
+            others.append(pan_census(identity, maps, min_kernel=1))
+            with mock.patch.multiple(pans_counts, MIN_BINS=1, MAX_BINS=1):  # one bin per channel: everything refined
+                others.append(pan_census(identity, maps, min_kernel=1))
+    for other in others:
         np.testing.assert_array_equal(other.ks, census.ks)
         np.testing.assert_array_equal(other.ks_plus, census.ks_plus)
         np.testing.assert_array_equal(other.ks_minus, census.ks_minus)
 
 
-def test_chunked_census_is_identical_on_a_real_network():
+def _runs(out):
+    """The four borders of every channel of ``out`` [N, C, H, W], each sorted, side by side."""
+    n, c, h, w = out.shape
+    sides = (out[:, :, 0, :], out[:, :, h - 1, :], out[:, :, :, 0], out[:, :, :, w - 1])
+    runs = [np.sort(np.ascontiguousarray(b.transpose(1, 0, 2)).reshape(c, -1), axis=1) for b in sides]
+    return np.concatenate(runs, axis=1), [r.shape[1] for r in runs]
+
+
+@pytest.mark.skipif(not pans_compiled.available(), reason="numba is not installed")
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(1, 4), c=st.integers(1, 4), h=st.integers(3, 24), w=st.integers(3, 24),
+       kind=st.sampled_from(["normal", "relu", "levels", "heavy tails", "tiny", "dead", "pan"]),
+       bins=st.sampled_from([None, 16]), seed=st.integers(0, 2**16))
+def test_compiled_counts_are_exact_where_a_maximum_can_be(n, c, h, w, kind, bins, seed):
+    """The compiled kernel's counts: with ``exact`` equal to the sorted-centre counts
+    everywhere; otherwise bounds (lt never above, le never below the true counts) that
+    give the same statistics. Distributions that crowd its bins (heavy tails, values of
+    many magnitudes near 0, a dead channel, 16 bins for everything) included."""
+    rng = np.random.default_rng(seed)
+    out = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    out = {"normal": out, "relu": np.maximum(out, 0), "levels": np.round(out * 2) / 2, "heavy tails": np.exp(4 * out),
+           "tiny": np.where(out > 0, out * 1e-30, out), "dead": out * 0, "pan": out + 3 * (np.arange(h) == 0)[:, None]}[kind]
+    out = np.ascontiguousarray(np.where(rng.random(out.shape) < 0.1, -0.0, out), dtype=np.float32)
+    queries, sizes = _runs(out)
+    m = n * (h - 2) * (w - 2)
+    centre = np.sort(np.ascontiguousarray(out[:, :, 1:-1, 1:-1].transpose(1, 0, 2, 3)).reshape(c, -1), axis=1)
+    lt, le = pans_counts.exact_counts(centre, queries)
+    with mock.patch.object(pans_compiled, "MAX_BINS", bins or pans_compiled.MAX_BINS):
+        exact = pans_compiled.compiled_counts(out, 0, c, queries, sizes, exact=True)
+        bounded = pans_compiled.compiled_counts(out, 0, c, queries, sizes)
+    np.testing.assert_array_equal(exact[0], lt)
+    np.testing.assert_array_equal(exact[1], le)
+    assert (bounded[0] <= lt).all() and (bounded[1] >= le).all()
+    start = 0
+    for size in sizes:
+        seg = slice(start, start + size)
+        for mine, ref in zip(ks_from_counts(bounded[0][:, seg], bounded[1][:, seg], size, m),
+                             ks_from_counts(lt[:, seg], le[:, seg], size, m)):
+            np.testing.assert_array_equal(mine, ref)
+        start += size
+
+
+@pytest.mark.parametrize("counting", KERNELS)
+def test_chunked_census_is_identical_on_a_real_network(counting):
     """The chunked mode counts everything exactly; the single pass only where a maximum
     can be; the statistics are the same."""
     torch.manual_seed(1)
@@ -214,12 +275,14 @@ def test_chunked_census_is_identical_on_a_real_network():
 
     model = torchvision.models.resnet18(num_classes=10).eval()
     images = torch.randn(3, 3, 96, 96)
-    whole, chunked = pan_census(model, images), pan_census(model, images, chunk_size=2)
+    with kernel(counting):
+        whole, chunked = pan_census(model, images), pan_census(model, images, chunk_size=2)
     for name in ("ks", "ks_plus", "ks_minus"):
         np.testing.assert_array_equal(getattr(whole, name), getattr(chunked, name))
 
 
-def test_chunked_census_matches_scipy_on_every_neuron_of_a_real_network():
+@pytest.mark.parametrize("counting", KERNELS)
+def test_chunked_census_matches_scipy_on_every_neuron_of_a_real_network(counting):
     """The chunked mode (what --padbias-max-memory picks when a batch does not fit) sums
     each chunk's exact counts: every statistic equals scipy's on the whole batch, with
     chunks of unequal size (3 + 2 images) and in ks_2samp's exact and asymptotic regimes."""
@@ -229,7 +292,8 @@ def test_chunked_census_matches_scipy_on_every_neuron_of_a_real_network():
     net = torchvision.models.resnet18(num_classes=10).eval()
     model = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1).eval()
     images = torch.randn(5, 3, 96, 96)
-    census = pan_census(model, images, chunk_size=3)
+    with kernel(counting):
+        census = pan_census(model, images, chunk_size=3)
     assert census.layers[0].centre_count > 10000 > census.layers[1].centre_count
     assert_matches_scipy(census, conv_outputs(model, images))
 

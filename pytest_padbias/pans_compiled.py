@@ -1,0 +1,402 @@
+"""The PAN census's counting compiled with numba: two passes over each channel's centre.
+
+Every KS statistic is a maximum over a border's sorted values b_j of an expression in
+lt(b_j) = #(centre < b_j) and le(b_j) = #(centre <= b_j) (:func:`.pans_counts.ks_from_counts`),
+and only the counts at the maximising j matter. Per channel:
+
+1. a monotone map of the value (linear in the value, or in the float's bits, i.e. about
+   logarithmic: whichever crowds this channel's border values less) cuts the border
+   values' range into bins, each split into cells below, at and above 0 (exact zeros, a
+   third or more of many channels after ReLU and zero padding, get a cell of their own);
+2. pass 1 histograms the centre over the cells, read straight from the layer's output (no
+   copy, no sort): each border value's counts then lie between the centre values in lower
+   cells and those up to its own cell;
+3. the border values whose upper bound on some maximand reaches that maximand's best
+   lower bound (the rule of :func:`.pans_counts.may_hold_a_maximum`, in integers) are the
+   only ones that can hold a maximum (a few per cent); pass 2 counts the centre values of
+   their cells exactly against them (larger cells hold larger values).
+
+The counts are then exact wherever a maximum can be and bounds elsewhere, which is what
+``ks_from_counts`` needs to give scipy's statistics bit for bit. With ``exact=True`` every
+border value is refined, so all counts are exact (the chunked mode adds counts over
+chunks). Each centre value costs two vectorised cell computations and a histogram
+increment, against about ten array passes per value in the numpy kernels of
+:mod:`.pans_counts`, whose time was set by memory traffic.
+
+numba is optional: without it (or with ``PADBIAS_NO_NUMBA=1``) the census uses the numpy
+kernels, which give the same statistics, more slowly.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+try:  # which branch runs depends on the environment
+    if os.environ.get("PADBIAS_NO_NUMBA"):
+        raise ImportError("PADBIAS_NO_NUMBA is set")
+    import numba
+except ImportError:
+    numba = None
+
+#: bins per channel: a power of two, at least BINS_PER_BORDER per border value and one per
+#: VALUES_PER_BIN centre values, at most MAX_BINS (the histogram then stays in a core's L2)
+BINS_PER_BORDER = 1
+VALUES_PER_BIN = 16
+MAX_BINS = 1 << 14
+#: within a cell, a linear scan up to this many refined border values, a binary search beyond
+SCAN = 8
+_EXPONENT = np.int32(0x7F800000)
+
+
+def available() -> bool:
+    return numba is not None
+
+
+def _njit(fn):
+    """numba.njit (no GIL, cached on disk), or the plain function where numba is missing
+    (never called then: :func:`available` is False)."""
+    return fn if numba is None else numba.njit(nogil=True, cache=True)(fn)
+
+
+@_njit
+def key_of(b):
+    """int32 bits of a finite float32 -> int64 key ordered as the floats: the magnitude's
+    bits, negated for negative values (so -0.0 and 0.0 share the key 0). Branch-free."""
+    s = b >> 31  # 0 or -1
+    return np.int64(((b & np.int32(0x7FFFFFFF)) ^ s) - s)
+
+
+@_njit
+def _linear_fit(low, high, bins):
+    """(False, low, scale, 0, 0): bins linear in the value over [low, high]."""
+    scale = np.float32(0.0)
+    if high > low:
+        scale = np.float32((bins - 1) / (np.float64(high) - np.float64(low)))
+        while np.int64((high - low) * scale) > bins - 1:  # float32 rounding: stay in range
+            scale = np.nextafter(scale, np.float32(0.0))
+    return False, low, scale, np.int64(0), np.int64(0)
+
+
+@_njit
+def _key_fit(low, high, bins, bits_low, bits_high):
+    """(True, low, 0, klow, shift): bins linear in the key (about logarithmic in the value)."""
+    klow = key_of(bits_low)
+    shift = 0
+    while ((key_of(bits_high) - klow) >> shift) >= bins:
+        shift += 1
+    return True, low, np.float32(0.0), klow, np.int64(shift)
+
+
+@_njit
+def bin_of(v, b, use_keys, low, scale, klow, shift, bins):
+    """1 + the bin of finite v (bits b), clamped to 0 below the border values' range and
+    bins + 1 above it: a monotone map either way (a value just outside the range may share
+    the end bin, which only loosens that bin's bounds). Branch-free."""
+    if use_keys:
+        t = (key_of(b) - klow) >> shift
+        return np.int32(1 + min(max(t, -1), bins))
+    x = np.floor((v - low) * scale)
+    return np.int32(1) + np.int32(min(max(x, np.float32(-1.0)), np.float32(bins)))
+
+
+@_njit
+def cell_of(v, b, use_keys, low, scale, klow, shift, bins):
+    """3 * bin_of(v) + 0, 1 or 2 for v below, at or above 0: cells, still in the order of
+    the values, in which exact zeros (a third or more of many channels after ReLU and zero
+    padding) have a cell of their own, whose counts are exact without any search."""
+    sign = np.int32(v > 0) - np.int32(v < 0)
+    return 3 * bin_of(v, b, use_keys, low, scale, klow, shift, bins) + 1 + sign
+
+
+@_njit
+def first_at_least(merged, lo, hi, v):
+    """First p in [lo, hi) with merged[p] >= v (sorted), or hi."""
+    if merged[lo] >= v:
+        return lo
+    if merged[hi - 1] < v:
+        return hi
+    # (a bin of one repeated value, e.g. a dead channel's zeros, ends above)
+    if hi - lo <= SCAN:
+        while merged[lo] < v:
+            lo += 1
+        return lo
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if merged[mid] < v:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@_njit
+def candidates(lower, upper, sizes, m, hit):
+    """``hit`` [k] |= the border values at which some maximand can reach its maximum, for
+    counts known to lie in [lower, upper] (``.pans_counts.may_hold_a_maximum``'s rule)."""
+    start = 0
+    for s in range(sizes.size):
+        n = sizes[s]
+        kk = min(n, m)
+        best = np.full(4, -(1 << 62), dtype=np.int64)
+        for j in range(1, n + 1):
+            lo, up = lower[start + j - 1], upper[start + j - 1]
+            best[0] = max(best[0], j * m - up * n)
+            best[1] = max(best[1], lo * n - (j - 1) * m)
+            best[2] = max(best[2], max(lo - (m - kk), 0) * n - (j - 1) * kk)
+            best[3] = max(best[3], j * kk - min(up, kk) * n)
+        for q in range(4):
+            best[q] = max(best[q], 1)
+        for j in range(1, n + 1):
+            lo, up = lower[start + j - 1], upper[start + j - 1]
+            if (j * m - lo * n >= best[0] or up * n - (j - 1) * m >= best[1]
+                    or max(up - (m - kk), 0) * n - (j - 1) * kk >= best[2] or j * kk - min(lo, kk) * n >= best[3]):
+                hit[start + j - 1] = True
+        start += n
+
+
+@_njit
+def _row_cells(row, row_bits, fit, bins, ids):
+    """ids[x] = cell_of(row[x]) for the centre columns, in a loop of its own, which the
+    compiler vectorises (with the increments in the same loop it could not: twice the
+    time). Exact zeros go to one of 8 spare slots after the cells, in turn: increments of
+    one counter value after value wait for each other (a dead channel took 2.5x as long)."""
+    use_keys, low, scale, klow, shift = fit
+    spare = 3 * (bins + 2)
+    if use_keys:  # (two loops: a loop-invariant branch inside one kept it scalar)
+        for x in range(1, row.size - 1):
+            cell = cell_of(row[x], row_bits[x], True, low, scale, klow, shift, bins)
+            ids[x] = spare + (x & 7) if row[x] == 0 else cell
+    else:
+        for x in range(1, row.size - 1):
+            cell = cell_of(row[x], row_bits[x], False, low, scale, klow, shift, bins)
+            ids[x] = spare + (x & 7) if row[x] == 0 else cell
+
+
+@_njit
+def _histogram_pass(out, bits, c, fit, bins, chist, ids):
+    """chist[b] += 1 for every centre value of channel c in (shifted) bin b; False at the
+    first NaN or infinite value."""
+    images, _, h, w = out.shape
+    for i in range(images):
+        for y in range(1, h - 1):
+            row, row_bits = out[i, c, y], bits[i, c, y]
+            bad = 0
+            for x in range(1, w - 1):
+                bad |= (row_bits[x] & _EXPONENT) == _EXPONENT
+            if bad:
+                return False
+            _row_cells(row, row_bits, fit, bins, ids)
+            for x in range(1, w - 1):
+                chist[ids[x]] += 1
+    use_keys, low, scale, klow, shift = fit
+    spare = 3 * (bins + 2)
+    chist[cell_of(np.float32(0.0), np.int32(0), use_keys, low, scale, klow, shift, bins)] = chist[spare:spare + 8].sum()
+    chist[spare:] = 0
+    return True
+
+
+@_njit
+def _cells_and_crowding(values, bits, fit, bins, cells_out, per_cell):
+    """Each value's cell under ``fit``, and sum over cells of (values in it)^2: the
+    comparisons a centre value distributed like ``values`` would cost, times k."""
+    use_keys, low, scale, klow, shift = fit
+    for i in range(values.size):
+        cells_out[i] = cell_of(values[i], bits[i], use_keys, low, scale, klow, shift, bins)
+    crowding = 0
+    for i in range(values.size):
+        crowding += 2 * per_cell[cells_out[i]] + 1
+        per_cell[cells_out[i]] += 1
+    for i in range(values.size):
+        per_cell[cells_out[i]] = 0
+    return crowding
+
+
+@_njit
+def _fit(values, sizes, bins, value_cells, spare_cells, per_cell):
+    """The map of the border values ``values`` (runs of ``sizes``, each sorted) onto the
+    bins that crowds them least, linear in the value or in its key; ``value_cells`` their cells."""
+    bits = values.view(np.int32)
+    i_low, i_high, start = 0, sizes[0] - 1, 0
+    for s in sizes:
+        if values[start] < values[i_low]:
+            i_low = start
+        if values[start + s - 1] > values[i_high]:
+            i_high = start + s - 1
+        start += s
+    low, high = values[i_low], values[i_high]
+    linear = _linear_fit(low, high, bins)
+    crowding = _cells_and_crowding(values, bits, linear, bins, value_cells, per_cell)
+    if crowding <= 2 * values.size:  # (about one value per cell: no better map to look for)
+        return linear
+    keys = _key_fit(low, high, bins, bits[i_low], bits[i_high])
+    if _cells_and_crowding(values, bits, keys, bins, spare_cells, per_cell) >= crowding:
+        return linear
+    value_cells[:] = spare_cells
+    return keys
+
+
+@_njit
+def _group_refined(values, value_cells, refine, group_start, group_end, group_values, group_index):
+    """The refined border values grouped by cell, each group sorted:
+    ``group_values[group_start[c]:group_end[c]]``, their indices in ``group_index``.
+    Returns how many there are."""
+    for i in range(values.size):
+        if refine[i]:
+            group_start[value_cells[i]], group_end[value_cells[i]] = -1, 0
+    for i in range(values.size):
+        if refine[i]:
+            group_end[value_cells[i]] += 1
+    n = 0
+    for i in range(values.size):  # groups in order of first appearance; group_end a cursor
+        c = value_cells[i]
+        if refine[i] and group_start[c] < 0:
+            group_start[c], n = n, n + group_end[c]
+            group_end[c] = group_start[c]
+    for i in range(values.size):
+        if refine[i]:
+            c = value_cells[i]
+            group_values[group_end[c]], group_index[group_end[c]] = values[i], i
+            group_end[c] += 1
+    p = 0
+    while p < n:
+        c = value_cells[group_index[p]]
+        _sort_group(group_values, group_index, group_start[c], group_end[c])
+        p = group_end[c]
+    return n
+
+
+@_njit
+def _sort_group(group_values, group_index, start, stop):
+    """Sort group_values[start:stop] (with group_index): insertion sort (the values come
+    from four sorted runs, so they are nearly sorted), argsort for large groups."""
+    if stop - start > 64:
+        order = np.argsort(group_values[start:stop], kind="mergesort")
+        group_values[start:stop] = group_values[start:stop][order]
+        group_index[start:stop] = group_index[start:stop][order]
+        return
+    for p in range(start + 1, stop):
+        v, o, q = group_values[p], group_index[p], p
+        while q > start and group_values[q - 1] > v:
+            group_values[q], group_index[q] = group_values[q - 1], group_index[q - 1]
+            q -= 1
+        group_values[q], group_index[q] = v, o
+
+
+@_njit
+def _exact_groups(group_values, group_index, group_start, group_end, value_cells, before, counts, n, lt_row, le_row):
+    """Exact lt/le of every refined border value: the centre values in lower cells, plus
+    those of its own cell counted against it by the placement pass."""
+    p = 0
+    while p < n:
+        c = value_cells[group_index[p]]
+        start, stop, running = group_start[c], group_end[c], before[c]
+        for q in range(start, stop):
+            if q > start and group_values[q] == group_values[q - 1]:
+                lt_row[group_index[q]], le_row[group_index[q]] = lt_row[group_index[q - 1]], le_row[group_index[q - 1]]
+            else:
+                running += counts[2 * q]
+                lt_row[group_index[q]] = running
+                running += counts[2 * q + 1]
+                le_row[group_index[q]] = running
+        p = stop
+
+
+@_njit
+def _placement_pass(out, bits, c, fit, bins, flag, group_start, group_end, group_values, counts, ids):
+    """Each centre value of a flagged cell counted against the sorted refined border values
+    of its cell: counts[2p] for one below group_values[p] (and above its predecessor),
+    counts[2p + 1] for one equal to it (the first of equal values takes the count)."""
+    images, _, h, w = out.shape
+    for i in range(images):
+        for y in range(1, h - 1):
+            row = out[i, c, y]
+            _row_cells(row, bits[i, c, y], fit, bins, ids)
+            for x in range(1, w - 1):
+                cell = ids[x]
+                if flag[cell]:
+                    v = row[x]
+                    p = first_at_least(group_values, group_start[cell], group_end[cell], v)
+                    if p < group_end[cell]:  # (above every refined value of its cell: not needed)
+                        counts[2 * p + (group_values[p] == v)] += 1
+
+
+@_njit
+def count_block(out, bits, r0, queries, sizes, lt, le, exact, bins_per_border, values_per_bin, max_bins):
+    """lt/le of every query of row r (channel r0 + r of ``out``), whose runs of ``sizes``
+    are each sorted: exact where a maximum can be (everywhere with ``exact``), bounds
+    elsewhere. Returns the first channel with a non-finite centre value, or -1."""
+    rows, k = queries.shape
+    images, _, h, w = out.shape
+    m = images * (h - 2) * (w - 2)
+    bins = 16
+    while bins < max_bins and (bins < bins_per_border * k or bins * values_per_bin < m):
+        bins *= 2
+    cells = 3 * (bins + 2)
+    value_cells, spare_cells = np.empty(k, dtype=np.int64), np.empty(k, dtype=np.int64)
+    lower, upper = np.empty(k, dtype=np.int64), np.empty(k, dtype=np.int64)
+    refine = np.empty(k, dtype=np.bool_)
+    per_cell = np.zeros(cells, dtype=np.int64)
+    chist, before = np.zeros(cells + 8, dtype=np.int32), np.empty(cells + 1, dtype=np.int64)
+    flag = np.zeros(cells + 8, dtype=np.bool_)  # (+ the spare slots of exact zeros: never flagged)
+    group_start, group_end = np.empty(cells, dtype=np.int64), np.empty(cells, dtype=np.int64)
+    group_values, group_index = np.empty(k, dtype=np.float32), np.empty(k, dtype=np.int64)
+    counts = np.empty(2 * k + 2, dtype=np.int64)
+    ids = np.empty(w, dtype=np.int32)
+    for r in range(rows):
+        q = queries[r]
+        fit = _fit(q, sizes, bins, value_cells, spare_cells, per_cell)
+        chist[:] = 0
+        if not _histogram_pass(out, bits, r0 + r, fit, bins, chist, ids):
+            return r0 + r
+        before[0] = 0
+        for c in range(cells):
+            before[c + 1] = before[c] + chist[c]
+        for i in range(k):
+            lower[i], upper[i] = before[value_cells[i]], before[value_cells[i] + 1]
+            lt[r, i], le[r, i] = lower[i], upper[i]
+        refine[:] = exact
+        if not exact:
+            candidates(lower, upper, sizes, m, refine)
+        refined = 0
+        for i in range(k):
+            # (a cell without centre values, or the cell of exact zeros, is exact already)
+            refine[i] = refine[i] and upper[i] > lower[i] and value_cells[i] % 3 != 1
+            refined += refine[i]
+        if refined == 0:
+            continue
+        n = _group_refined(q, value_cells, refine, group_start, group_end, group_values, group_index)
+        for i in range(k):
+            if refine[i]:
+                flag[value_cells[i]] = True
+        counts[:2 * n + 2] = 0
+        _placement_pass(out, bits, r0 + r, fit, bins, flag, group_start, group_end, group_values, counts, ids)
+        _exact_groups(group_values, group_index, group_start, group_end, value_cells, before, counts, n, lt[r], le[r])
+        for i in range(k):
+            flag[value_cells[i]] = False
+    return -1
+
+
+def contiguous(out):
+    """``out`` as the compiled kernel reads it (C-contiguous float32; a copy only when the
+    layer's output is not, e.g. channels-last), once per layer; unchanged without numba."""
+    return np.ascontiguousarray(out, dtype=np.float32) if numba is not None else out
+
+
+def compiled_counts(out, r0: int, r1: int, queries, sizes, exact: bool = False, name: str = ""):
+    """(lt, le) int64 ``[r1 - r0, k]`` of the centre values of channels r0:r1 of ``out``
+    [N, C, H, W] below / at or below each of ``queries`` [r1 - r0, k] (finite float32, its
+    runs of ``sizes`` each sorted): exact wherever a KS maximum can be (everywhere with
+    ``exact``), bounds that cannot reach a maximum elsewhere. Refuses NaN and infinite
+    centre values."""
+    from .result import PadbiasError
+
+    out = contiguous(out)  # (a no-op after :func:`contiguous`)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    lt = np.empty(queries.shape, dtype=np.int64)
+    le = np.empty(queries.shape, dtype=np.int64)
+    bad = count_block(out, out.view(np.int32), r0, queries, np.asarray(sizes, dtype=np.int64), lt, le, exact,
+                      BINS_PER_BORDER, VALUES_PER_BIN, MAX_BINS)
+    if bad >= 0:
+        raise PadbiasError(f"layer {name} produced NaN or infinite activations; the PAN census needs finite conv outputs")
+    return lt, le
