@@ -47,6 +47,8 @@ MAX_BINS = 1 << 14
 #: within a cell, a linear scan up to this many refined border values, a binary search beyond
 SCAN = 8
 _EXPONENT = np.int32(0x7F800000)
+#: ks_2samp's exact mode up to this sample size (as :data:`.pans_counts.AUTO_EXACT_MAX`)
+AUTO_EXACT_MAX = 10000
 
 
 def available() -> bool:
@@ -174,10 +176,12 @@ def _row_cells(row, row_bits, fit, bins, ids):
 
 
 @_njit
-def _histogram_pass(out, bits, c, fit, bins, chist, ids):
-    """chist[b] += 1 for every centre value of channel c in (shifted) bin b; False at the
+def _histogram_pass(out, bits, c, fit, bins, chist, ids, stored):
+    """chist[cell] += 1 for every centre value of channel c, whose cells (or spare slots) are
+    also kept in ``stored`` (uint16, in reading order) for the placement pass; False at the
     first NaN or infinite value."""
     images, _, h, w = out.shape
+    p = 0
     for i in range(images):
         for y in range(1, h - 1):
             row, row_bits = out[i, c, y], bits[i, c, y]
@@ -189,6 +193,8 @@ def _histogram_pass(out, bits, c, fit, bins, chist, ids):
             _row_cells(row, row_bits, fit, bins, ids)
             for x in range(1, w - 1):
                 chist[ids[x]] += 1
+                stored[p + x - 1] = ids[x]
+            p += w - 2
     use_keys, low, scale, klow, shift = fit
     spare = 3 * (bins + 2)
     chist[cell_of(np.float32(0.0), np.int32(0), use_keys, low, scale, klow, shift, bins)] = chist[spare:spare + 8].sum()
@@ -303,39 +309,44 @@ def _exact_groups(group_values, group_index, group_start, group_end, value_cells
 
 
 @_njit
-def _placement_pass(out, bits, c, fit, bins, flag, group_start, group_end, group_values, counts, ids):
-    """Each centre value of a flagged cell counted against the sorted refined border values
-    of its cell: counts[2p] for one below group_values[p] (and above its predecessor),
-    counts[2p + 1] for one equal to it (the first of equal values takes the count)."""
+def _placement_pass(out, c, stored, flag, group_start, group_end, group_values, counts):
+    """Each centre value of a flagged cell (the cells pass 1 kept in ``stored``) counted
+    against the sorted refined border values of its cell: counts[2p] for one below
+    group_values[p] (and above its predecessor), counts[2p + 1] for one equal to it (the
+    first of equal values takes the count)."""
     images, _, h, w = out.shape
+    at = 0
     for i in range(images):
         for y in range(1, h - 1):
             row = out[i, c, y]
-            _row_cells(row, bits[i, c, y], fit, bins, ids)
             for x in range(1, w - 1):
-                cell = ids[x]
+                cell = stored[at + x - 1]
                 if flag[cell]:
                     v = row[x]
                     p = first_at_least(group_values, group_start[cell], group_end[cell], v)
                     if p < group_end[cell]:  # (above every refined value of its cell: not needed)
                         counts[2 * p + (group_values[p] == v)] += 1
+            at += w - 2
 
 
 @_njit
-def count_block(out, bits, r0, queries, sizes, lt, le, exact, bins_per_border, values_per_bin, max_bins):
+def count_block(out, bits, r0, queries, sizes, lt, le, exact, bins_per_border, values_per_bin, max_bins, stats,
+                want_stats, exact_max):
     """lt/le of every query of row r (channel r0 + r of ``out``), whose runs of ``sizes``
     are each sorted: exact where a maximum can be (everywhere with ``exact``), bounds
-    elsewhere. Returns the first channel with a non-finite centre value, or -1."""
+    elsewhere; with ``want_stats`` also each run's KS, KS+, KS- in ``stats[:, r, run]``.
+    Returns the first channel with a non-finite centre value, or -1."""
     rows, k = queries.shape
     images, _, h, w = out.shape
     m = images * (h - 2) * (w - 2)
     bins = 16
-    while bins < max_bins and (bins < bins_per_border * k or bins * values_per_bin < m):
-        bins *= 2
+    while bins < min(max_bins, 1 << 14) and (bins < bins_per_border * k or bins * values_per_bin < m):
+        bins *= 2  # (at most 2**14: cells and spare slots fit the uint16 of ``stored``)
     cells = 3 * (bins + 2)
+    stored = np.empty(m, dtype=np.uint16)
     value_cells, spare_cells = np.empty(k, dtype=np.int64), np.empty(k, dtype=np.int64)
     lower, upper = np.empty(k, dtype=np.int64), np.empty(k, dtype=np.int64)
-    refine = np.empty(k, dtype=np.bool_)
+    refine, hit = np.empty(k, dtype=np.bool_), np.empty(k, dtype=np.bool_)
     per_cell = np.zeros(cells, dtype=np.int64)
     chist, before = np.zeros(cells + 8, dtype=np.int32), np.empty(cells + 1, dtype=np.int64)
     flag = np.zeros(cells + 8, dtype=np.bool_)  # (+ the spare slots of exact zeros: never flagged)
@@ -347,7 +358,7 @@ def count_block(out, bits, r0, queries, sizes, lt, le, exact, bins_per_border, v
         q = queries[r]
         fit = _fit(q, sizes, bins, value_cells, spare_cells, per_cell)
         chist[:] = 0
-        if not _histogram_pass(out, bits, r0 + r, fit, bins, chist, ids):
+        if not _histogram_pass(out, bits, r0 + r, fit, bins, chist, ids, stored):
             return r0 + r
         before[0] = 0
         for c in range(cells):
@@ -355,26 +366,87 @@ def count_block(out, bits, r0, queries, sizes, lt, le, exact, bins_per_border, v
         for i in range(k):
             lower[i], upper[i] = before[value_cells[i]], before[value_cells[i] + 1]
             lt[r, i], le[r, i] = lower[i], upper[i]
-        refine[:] = exact
+        hit[:] = exact
         if not exact:
-            candidates(lower, upper, sizes, m, refine)
+            candidates(lower, upper, sizes, m, hit)
         refined = 0
         for i in range(k):
             # (a cell without centre values, or the cell of exact zeros, is exact already)
-            refine[i] = refine[i] and upper[i] > lower[i] and value_cells[i] % 3 != 1
+            refine[i] = hit[i] and upper[i] > lower[i] and value_cells[i] % 3 != 1
             refined += refine[i]
-        if refined == 0:
-            continue
-        n = _group_refined(q, value_cells, refine, group_start, group_end, group_values, group_index)
-        for i in range(k):
-            if refine[i]:
-                flag[value_cells[i]] = True
-        counts[:2 * n + 2] = 0
-        _placement_pass(out, bits, r0 + r, fit, bins, flag, group_start, group_end, group_values, counts, ids)
-        _exact_groups(group_values, group_index, group_start, group_end, value_cells, before, counts, n, lt[r], le[r])
-        for i in range(k):
-            flag[value_cells[i]] = False
+        if refined:
+            n = _group_refined(q, value_cells, refine, group_start, group_end, group_values, group_index)
+            for i in range(k):
+                if refine[i]:
+                    flag[value_cells[i]] = True
+            counts[:2 * n + 2] = 0
+            _placement_pass(out, r0 + r, stored, flag, group_start, group_end, group_values, counts)
+            _exact_groups(group_values, group_index, group_start, group_end, value_cells, before, counts, n, lt[r],
+                          le[r])
+            for i in range(k):
+                flag[value_cells[i]] = False
+        if want_stats:
+            run_statistics(lt[r], le[r], hit, sizes, m, exact_max, stats, r)
     return -1
+
+
+@_njit
+def run_statistics(lt_row, le_row, hit, sizes, m, exact_max, stats, r):
+    """KS, KS+ and KS- of each run (border) into stats[:, r, run], as
+    :func:`.pans_counts.ks_from_counts` computes them (the same integers and floats, so
+    scipy's values bit for bit), but maximised over the ``hit`` j only: every maximand
+    reaches its maximum at a hit j, where the counts are exact."""
+    start = 0
+    for s in range(sizes.size):
+        n = sizes[s]
+        kk = min(n, m)
+        if max(n, m) <= exact_max:  # ks_2samp's exact mode: integer numerators, one division
+            best = np.zeros(4, dtype=np.int64)  # (the statistics' floor: 0)
+            for j in range(1, n + 1):
+                i = start + j - 1
+                if hit[i]:
+                    lt, le = lt_row[i], le_row[i]
+                    best[0] = max(best[0], j * m - le * n)
+                    best[1] = max(best[1], lt * n - (j - 1) * m)
+                    best[2] = max(best[2], max(lt * n, (m - kk) * n) - ((j - 1) * kk + (m - kk) * n))
+                    best[3] = max(best[3], j * kk - min(le * n, kk * n))
+            stats[0, r, s] = max(best[0] / np.float64(n * m), best[1] / np.float64(n * m))
+            stats[1, r, s] = best[2] / np.float64(kk * n)
+            stats[2, r, s] = best[3] / np.float64(n * kk)
+        else:  # asymptotic mode: differences of float64 ECDF values
+            best = np.zeros(4, dtype=np.float64)
+            for j in range(1, n + 1):
+                i = start + j - 1
+                if hit[i]:
+                    lt, le = lt_row[i], le_row[i]
+                    fj, fj1 = np.float64(j) / np.float64(n), np.float64(j - 1) / np.float64(n)
+                    best[0] = max(best[0], fj - np.float64(le) / np.float64(m))
+                    best[1] = max(best[1], np.float64(lt) / np.float64(m) - fj1)
+                    best[2] = max(best[2], np.float64(max(lt - (m - kk), 0)) / np.float64(kk) - fj1)
+                    best[3] = max(best[3], fj - np.float64(min(le, kk)) / np.float64(kk))
+            stats[0, r, s] = max(best[0], best[1])
+            stats[1, r, s] = best[2]
+            stats[2, r, s] = best[3]
+        start += n
+
+
+_NO_STATS = np.empty((3, 1, 1))
+
+
+def compiled_statistics(out, r0: int, r1: int, queries, sizes, stats, name: str = ""):
+    """KS, KS+ and KS- of channels r0:r1 of ``out`` against each run (border) of
+    ``queries`` (as :func:`compiled_counts`) into ``stats`` [3, r1 - r0, runs], equal to
+    ``ks_from_counts`` on the exact counts, i.e. to scipy's."""
+    from .result import PadbiasError
+
+    out = contiguous(out)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    lt = np.empty(queries.shape, dtype=np.int64)
+    le = np.empty(queries.shape, dtype=np.int64)
+    bad = count_block(out, out.view(np.int32), r0, queries, np.asarray(sizes, dtype=np.int64), lt, le, False,
+                      BINS_PER_BORDER, VALUES_PER_BIN, MAX_BINS, stats, True, AUTO_EXACT_MAX)
+    if bad >= 0:
+        raise PadbiasError(f"layer {name} produced NaN or infinite activations; the PAN census needs finite conv outputs")
 
 
 def contiguous(out):
@@ -396,7 +468,7 @@ def compiled_counts(out, r0: int, r1: int, queries, sizes, exact: bool = False, 
     lt = np.empty(queries.shape, dtype=np.int64)
     le = np.empty(queries.shape, dtype=np.int64)
     bad = count_block(out, out.view(np.int32), r0, queries, np.asarray(sizes, dtype=np.int64), lt, le, exact,
-                      BINS_PER_BORDER, VALUES_PER_BIN, MAX_BINS)
+                      BINS_PER_BORDER, VALUES_PER_BIN, MAX_BINS, _NO_STATS, False, AUTO_EXACT_MAX)
     if bad >= 0:
         raise PadbiasError(f"layer {name} produced NaN or infinite activations; the PAN census needs finite conv outputs")
     return lt, le

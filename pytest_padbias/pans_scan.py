@@ -98,10 +98,12 @@ class LayerScan:
         self.prepare_rows(r0, r1)
         n, c, h, w = out.shape
         m = n * (h - 2) * (w - 2)
-        if pans_compiled.available():
-            self.lt[r0:r1], self.le[r0:r1] = pans_compiled.compiled_counts(out, r0, r1, self.queries[r0:r1],
-                                                                           self.sizes, name=self.name)
-        elif self.queries.shape[1] >= SORT_FROM * m:  # small maps: as many border values as centre values
+        if pans_compiled.available():  # counts and statistics in one compiled pass
+            pans_compiled.compiled_statistics(out, r0, r1, self.queries[r0:r1], self.sizes, self.stats[:, r0:r1],
+                                              self.name)
+            self.step_seconds.append(time.thread_time() - started)
+            return
+        if self.queries.shape[1] >= SORT_FROM * m:  # small maps: as many border values as centre values
             centre = sorted_centre(out, r0, r1, pool.buffer((r1 - r0) * m), self.name)
             self.lt[r0:r1], self.le[r0:r1] = exact_counts(centre, self.queries[r0:r1])
         else:

@@ -15,5 +15,14 @@ import torch  # noqa: F401
 import torchvision  # noqa: F401
 
 import pytest_padbias.images  # noqa: F401
+import pytest_padbias.pans_compiled
+
+if pytest_padbias.pans_compiled.available():
+    # numba imports parts of itself while it compiles or loads a kernel, into registries
+    # that a second import breaks: load the census's kernels once, here.
+    _maps = numpy.zeros((2, 1, 4, 4), dtype=numpy.float32)
+    _queries = numpy.zeros((1, 8), dtype=numpy.float32)
+    pytest_padbias.pans_compiled.compiled_counts(_maps, 0, 1, _queries, [8])
+    pytest_padbias.pans_compiled.compiled_statistics(_maps, 0, 1, _queries, [8], numpy.empty((3, 1, 1)))
 import pytest_padbias.models  # noqa: F401
 import pytest_padbias.uneven_padding  # noqa: F401

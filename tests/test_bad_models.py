@@ -220,7 +220,8 @@ if KIND == "internal_bug":
     @pytest.fixture(autouse=True)
     def _bug_in_pytest_padbias(monkeypatch):
         # A C-level call raising inside the PAN census: the exception comes from our code.
-        monkeypatch.setattr("pytest_padbias.pans_scan.ks_from_counts", functools.partial(divmod, 1, 0))
+        # (prepare_rows: every counting kernel's first step; a partial binds no self)
+        monkeypatch.setattr("pytest_padbias.pans_scan.LayerScan.prepare_rows", functools.partial(divmod, 1, 0))
 
 if KIND == "detection_with_score":
     @pytest.fixture
