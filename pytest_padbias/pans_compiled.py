@@ -395,38 +395,41 @@ def run_statistics(lt_row, le_row, hit, sizes, m, exact_max, stats, r):
     """KS, KS+ and KS- of each run (border) into stats[:, r, run], as
     :func:`.pans_counts.ks_from_counts` computes them (the same integers and floats, so
     scipy's values bit for bit), but maximised over the ``hit`` j only: every maximand
-    reaches its maximum at a hit j, where the counts are exact."""
+    reaches its maximum at a hit j, where the counts are exact.
+
+    ks_2samp rounds each statistic in its exact mode (an integer numerator, one division)
+    when both of its samples have at most ``exact_max`` values: KS compares n border with m
+    centre values, KS+ and KS- n border values with the k = min(n, m) extreme centre ones."""
     start = 0
     for s in range(sizes.size):
         n = sizes[s]
         kk = min(n, m)
-        if max(n, m) <= exact_max:  # ks_2samp's exact mode: integer numerators, one division
-            best = np.zeros(4, dtype=np.int64)  # (the statistics' floor: 0)
-            for j in range(1, n + 1):
-                i = start + j - 1
-                if hit[i]:
-                    lt, le = lt_row[i], le_row[i]
-                    best[0] = max(best[0], j * m - le * n)
-                    best[1] = max(best[1], lt * n - (j - 1) * m)
-                    best[2] = max(best[2], max(lt * n, (m - kk) * n) - ((j - 1) * kk + (m - kk) * n))
-                    best[3] = max(best[3], j * kk - min(le * n, kk * n))
-            stats[0, r, s] = max(best[0] / np.float64(n * m), best[1] / np.float64(n * m))
-            stats[1, r, s] = best[2] / np.float64(kk * n)
-            stats[2, r, s] = best[3] / np.float64(n * kk)
-        else:  # asymptotic mode: differences of float64 ECDF values
-            best = np.zeros(4, dtype=np.float64)
-            for j in range(1, n + 1):
-                i = start + j - 1
-                if hit[i]:
-                    lt, le = lt_row[i], le_row[i]
-                    fj, fj1 = np.float64(j) / np.float64(n), np.float64(j - 1) / np.float64(n)
-                    best[0] = max(best[0], fj - np.float64(le) / np.float64(m))
-                    best[1] = max(best[1], np.float64(lt) / np.float64(m) - fj1)
-                    best[2] = max(best[2], np.float64(max(lt - (m - kk), 0)) / np.float64(kk) - fj1)
-                    best[3] = max(best[3], fj - np.float64(min(le, kk)) / np.float64(kk))
-            stats[0, r, s] = max(best[0], best[1])
-            stats[1, r, s] = best[2]
-            stats[2, r, s] = best[3]
+        lattice, lattice_k = max(n, m) <= exact_max, max(n, kk) <= exact_max
+        top = np.zeros(4, dtype=np.int64)  # exact mode: numerators (the statistics' floor: 0)
+        diff = np.zeros(4, dtype=np.float64)  # asymptotic mode: differences of float64 ECDFs
+        for j in range(1, n + 1):
+            i = start + j - 1
+            if not hit[i]:
+                continue
+            lt, le = lt_row[i], le_row[i]
+            if lattice:
+                top[0] = max(top[0], j * m - le * n)
+                top[1] = max(top[1], lt * n - (j - 1) * m)
+            else:
+                diff[0] = max(diff[0], np.float64(j) / np.float64(n) - np.float64(le) / np.float64(m))
+                diff[1] = max(diff[1], np.float64(lt) / np.float64(m) - np.float64(j - 1) / np.float64(n))
+            if lattice_k:
+                top[2] = max(top[2], max(lt - (m - kk), 0) * n - (j - 1) * kk)
+                top[3] = max(top[3], j * kk - min(le, kk) * n)
+            else:
+                diff[2] = max(diff[2], np.float64(max(lt - (m - kk), 0)) / np.float64(kk) - np.float64(j - 1) / np.float64(n))
+                diff[3] = max(diff[3], np.float64(j) / np.float64(n) - np.float64(min(le, kk)) / np.float64(kk))
+        if lattice:
+            stats[0, r, s] = max(top[0] / np.float64(n * m), top[1] / np.float64(n * m))
+        else:
+            stats[0, r, s] = max(diff[0], diff[1])
+        stats[1, r, s] = top[2] / np.float64(kk * n) if lattice_k else diff[2]
+        stats[2, r, s] = top[3] / np.float64(n * kk) if lattice_k else diff[3]
         start += n
 
 

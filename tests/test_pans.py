@@ -224,6 +224,25 @@ def test_generated_samples_with_ties_match_scipy(n, h, w, levels, scale, seed):
         np.testing.assert_array_equal(other.ks_minus, census.ks_minus)
 
 
+@pytest.mark.skipif(not pans_compiled.available(), reason="numba is not installed")
+@settings(max_examples=150, deadline=None)
+@given(n=st.sampled_from([1, 7, 500, 9999, 10000, 10001, 12000]), m=st.sampled_from([3, 800, 10000, 10001, 40000]),
+       ties=st.booleans(), seed=st.integers(0, 2**16))
+def test_compiled_statistics_round_as_ks_from_counts_in_every_regime(n, m, ties, seed):
+    """The kernel's statistics from given counts equal ``ks_from_counts``' (so scipy's)
+    bit for bit in each of ks_2samp's regimes: both samples at most 10000 (lattice), a
+    larger centre (KS in floats, KS+/KS- still on the lattice: they compare the border
+    with the k = min(n, m) extreme centre values), a larger border (all in floats)."""
+    rng = np.random.default_rng(seed)
+    lt = np.sort(rng.integers(0, m + 1, n))
+    le = np.minimum(lt + (rng.integers(0, 3, n) if ties else 0), m)
+    le = np.maximum.accumulate(le)
+    stats = np.empty((3, 1, 1))
+    pans_compiled.run_statistics(lt, le, np.ones(n, dtype=bool), np.array([n]), m, pans_counts.AUTO_EXACT_MAX, stats, 0)
+    for mine, ref in zip(stats[:, 0, 0], ks_from_counts(lt[None], le[None], n, m)):
+        assert mine == ref[0], (mine, ref[0])
+
+
 def _runs(out):
     """The four borders of every channel of ``out`` [N, C, H, W], each sorted, side by side."""
     n, c, h, w = out.shape
