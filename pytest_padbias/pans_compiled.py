@@ -135,25 +135,27 @@ def first_at_least(merged, lo, hi, v):
 @_njit
 def candidates(lower, upper, sizes, m, hit):
     """``hit`` [k] |= the border values at which some maximand can reach its maximum, for
-    counts known to lie in [lower, upper] (``.pans_counts.may_hold_a_maximum``'s rule)."""
+    counts known to lie in [lower, upper] (``.pans_counts.may_hold_a_maximum``'s rule).
+    In float64, which holds every numerator (at most n * m < 2**53) exactly, and in
+    scalars rather than arrays: the compiler then vectorises the maxima (AVX2 has no
+    int64 max), twice as fast."""
     start = 0
     for s in range(sizes.size):
         n = sizes[s]
-        kk = min(n, m)
-        best = np.full(4, -(1 << 62), dtype=np.int64)
-        for j in range(1, n + 1):
-            lo, up = lower[start + j - 1], upper[start + j - 1]
-            best[0] = max(best[0], j * m - up * n)
-            best[1] = max(best[1], lo * n - (j - 1) * m)
-            best[2] = max(best[2], max(lo - (m - kk), 0) * n - (j - 1) * kk)
-            best[3] = max(best[3], j * kk - min(up, kk) * n)
-        for q in range(4):
-            best[q] = max(best[q], 1)
-        for j in range(1, n + 1):
-            lo, up = lower[start + j - 1], upper[start + j - 1]
-            if (j * m - lo * n >= best[0] or up * n - (j - 1) * m >= best[1]
-                    or max(up - (m - kk), 0) * n - (j - 1) * kk >= best[2] or j * kk - min(lo, kk) * n >= best[3]):
-                hit[start + j - 1] = True
+        nf, mf, kf = np.float64(n), np.float64(m), np.float64(min(n, m))
+        off = mf - kf
+        b0 = b1 = b2 = b3 = -np.inf
+        for j in range(n):
+            lo, up, jf = lower[start + j], upper[start + j], np.float64(j)
+            b0 = max(b0, (jf + 1) * mf - up * nf)
+            b1 = max(b1, lo * nf - jf * mf)
+            b2 = max(b2, max(lo - off, 0.0) * nf - jf * kf)
+            b3 = max(b3, (jf + 1) * kf - min(up, kf) * nf)
+        b0, b1, b2, b3 = max(b0, 1.0), max(b1, 1.0), max(b2, 1.0), max(b3, 1.0)
+        for j in range(n):
+            lo, up, jf = lower[start + j], upper[start + j], np.float64(j)
+            hit[start + j] |= ((jf + 1) * mf - lo * nf >= b0) | (up * nf - jf * mf >= b1) | (
+                max(up - off, 0.0) * nf - jf * kf >= b2) | ((jf + 1) * kf - min(lo, kf) * nf >= b3)
         start += n
 
 
@@ -345,7 +347,7 @@ def count_block(out, bits, r0, queries, sizes, lt, le, exact, bins_per_border, v
     cells = 3 * (bins + 2)
     stored = np.empty(m, dtype=np.uint16)
     value_cells, spare_cells = np.empty(k, dtype=np.int64), np.empty(k, dtype=np.int64)
-    lower, upper = np.empty(k, dtype=np.int64), np.empty(k, dtype=np.int64)
+    lower, upper = np.empty(k, dtype=np.float64), np.empty(k, dtype=np.float64)  # (counts: exact in float64)
     refine, hit = np.empty(k, dtype=np.bool_), np.empty(k, dtype=np.bool_)
     per_cell = np.zeros(cells, dtype=np.int64)
     chist, before = np.zeros(cells + 8, dtype=np.int32), np.empty(cells + 1, dtype=np.int64)
@@ -364,8 +366,8 @@ def count_block(out, bits, r0, queries, sizes, lt, le, exact, bins_per_border, v
         for c in range(cells):
             before[c + 1] = before[c] + chist[c]
         for i in range(k):
-            lower[i], upper[i] = before[value_cells[i]], before[value_cells[i] + 1]
-            lt[r, i], le[r, i] = lower[i], upper[i]
+            lt[r, i], le[r, i] = before[value_cells[i]], before[value_cells[i] + 1]
+            lower[i], upper[i] = lt[r, i], le[r, i]
         hit[:] = exact
         if not exact:
             candidates(lower, upper, sizes, m, hit)
