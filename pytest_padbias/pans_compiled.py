@@ -436,29 +436,25 @@ def run_statistics(lt_row, le_row, hit, sizes, m, exact_max, stats, r):
         start += n
 
 
-_NO_STATS = np.empty((3, 1, 1))
-
-
-def compiled_statistics(out, r0: int, r1: int, queries, sizes, stats, name: str = ""):
-    """KS, KS+ and KS- of channels r0:r1 of ``out`` against each run (border) of
-    ``queries`` (as :func:`compiled_counts`) into ``stats`` [3, r1 - r0, runs], equal to
-    ``ks_from_counts`` on the exact counts, i.e. to scipy's."""
-    from .result import PadbiasError
-
-    out = contiguous(out)
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
-    lt = np.empty(queries.shape, dtype=np.int64)
-    le = np.empty(queries.shape, dtype=np.int64)
-    bad = count_block(out, out.view(np.int32), r0, queries, np.asarray(sizes, dtype=np.int64), lt, le, False,
-                      BINS_PER_BORDER, VALUES_PER_BIN, MAX_BINS, stats, True, AUTO_EXACT_MAX)
-    if bad >= 0:
-        raise PadbiasError(f"layer {name} produced NaN or infinite activations; the PAN census needs finite conv outputs")
-
-
 def contiguous(out):
     """``out`` as the compiled kernel reads it (C-contiguous float32; a copy only when the
     layer's output is not, e.g. channels-last), once per layer; unchanged without numba."""
     return np.ascontiguousarray(out, dtype=np.float32) if numba is not None else out
+
+
+def _run(out, r0: int, queries, sizes, exact: bool, stats, name: str):
+    from .result import PadbiasError
+
+    out = contiguous(out)  # (a no-op after :func:`contiguous`)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    lt = np.empty(queries.shape, dtype=np.int64)
+    le = np.empty(queries.shape, dtype=np.int64)
+    bad = count_block(out, out.view(np.int32), r0, queries, np.asarray(sizes, dtype=np.int64), lt, le, exact,
+                      BINS_PER_BORDER, VALUES_PER_BIN, MAX_BINS, np.empty((3, 1, 1)) if stats is None else stats,
+                      stats is not None, AUTO_EXACT_MAX)
+    if bad >= 0:
+        raise PadbiasError(f"layer {name} produced NaN or infinite activations; the PAN census needs finite conv outputs")
+    return lt, le
 
 
 def compiled_counts(out, r0: int, r1: int, queries, sizes, exact: bool = False, name: str = ""):
@@ -467,14 +463,11 @@ def compiled_counts(out, r0: int, r1: int, queries, sizes, exact: bool = False, 
     runs of ``sizes`` each sorted): exact wherever a KS maximum can be (everywhere with
     ``exact``), bounds that cannot reach a maximum elsewhere. Refuses NaN and infinite
     centre values."""
-    from .result import PadbiasError
+    return _run(out, r0, queries, sizes, exact, None, name)
 
-    out = contiguous(out)  # (a no-op after :func:`contiguous`)
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
-    lt = np.empty(queries.shape, dtype=np.int64)
-    le = np.empty(queries.shape, dtype=np.int64)
-    bad = count_block(out, out.view(np.int32), r0, queries, np.asarray(sizes, dtype=np.int64), lt, le, exact,
-                      BINS_PER_BORDER, VALUES_PER_BIN, MAX_BINS, _NO_STATS, False, AUTO_EXACT_MAX)
-    if bad >= 0:
-        raise PadbiasError(f"layer {name} produced NaN or infinite activations; the PAN census needs finite conv outputs")
-    return lt, le
+
+def compiled_statistics(out, r0: int, r1: int, queries, sizes, stats, name: str = "") -> None:
+    """KS, KS+ and KS- of channels r0:r1 of ``out`` against each run (border) of
+    ``queries`` (as :func:`compiled_counts`) into ``stats`` [3, r1 - r0, runs], equal to
+    ``ks_from_counts`` on the exact counts, i.e. to scipy's."""
+    _run(out, r0, queries, sizes, False, stats, name)
