@@ -82,10 +82,14 @@ class LayerScan:
             yield slice(start, start + size)
             start += size
 
-    def prepare_rows(self, r0: int, r1: int) -> None:
-        """Sort the border values of channels r0:r1."""
+    def prepare_rows(self, r0: int, r1: int, out=None) -> None:
+        """Sort the border values of channels r0:r1: those of ``out`` in the single pass
+        (each worker copies its own channels' borders, rather than one thread all of them
+        first), else those the chunks of pass 1 kept."""
+        sides = None if out is None else self.borders(out[:, r0:r1])
         for i, seg in enumerate(self._segments()):
-            values = np.concatenate([chunk[i][r0:r1] for chunk in self.border_chunks], axis=1)
+            values = sides[i] if sides is not None else np.concatenate([chunk[i][r0:r1] for chunk in self.border_chunks],
+                                                                       axis=1)
             values.sort(axis=1)
             self.queries[r0:r1, seg] = values
         if not np.isfinite(self.queries[r0:r1]).all():
@@ -95,7 +99,7 @@ class LayerScan:
         """Single pass: the final statistics of channels r0:r1 of ``out``; only the counts
         a maximum can depend on are made exact."""
         started = time.thread_time()
-        self.prepare_rows(r0, r1)
+        self.prepare_rows(r0, r1, out)
         n, c, h, w = out.shape
         m = n * (h - 2) * (w - 2)
         if pans_compiled.available():  # counts and statistics in one compiled pass
@@ -152,7 +156,7 @@ def single_pass_step(scan: LayerScan, out, pool: WorkerPool, results: dict) -> N
     an in-place operation such as ReLU(inplace=True) can change ``out``)."""
     n, c, h, w = out.shape
     out = pans_compiled.contiguous(out)
-    scan.collect(out, keep=True)
+    scan.collect(out, keep=False)
     scan.prepare(c)
     pool.run(lambda r0, r1: scan.analyse_rows(out, r0, r1, pool), scan.blocks(pool.workers, n * (h - 2) * (w - 2)))
     results[scan.name] = scan.result()
