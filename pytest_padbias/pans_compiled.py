@@ -106,11 +106,26 @@ def bin_of(v, b, use_keys, low, scale, klow, shift, bins):
 
 @_njit
 def cell_of(v, b, use_keys, low, scale, klow, shift, bins):
-    """3 * bin_of(v) + 0, 1 or 2 for v below, at or above 0: cells, still in the order of
-    the values, in which exact zeros (a third or more of many channels after ReLU and zero
-    padding) have a cell of their own, whose counts are exact without any search."""
+    """bin_of(v), except that the bin z holding 0 is split in three, for v below, at and
+    above 0 (the bins above it move up by 2): cells, still in the order of the values, in
+    which exact zeros (a third or more of many channels after ReLU and zero padding) have
+    a cell of their own, whose counts are exact without any search. (Splitting every bin
+    so had tripled the histogram, which then no longer fitted a core's L1 cache.)"""
+    t = bin_of(v, b, use_keys, low, scale, klow, shift, bins)
+    z = zero_bin(use_keys, low, scale, klow, shift, bins)
     sign = np.int32(v > 0) - np.int32(v < 0)
-    return 3 * bin_of(v, b, use_keys, low, scale, klow, shift, bins) + 1 + sign
+    return t + 2 * np.int32(t > z) + np.int32(t == z) * (1 + sign)
+
+
+@_njit
+def zero_bin(use_keys, low, scale, klow, shift, bins):
+    return bin_of(np.float32(0.0), np.int32(0), use_keys, low, scale, klow, shift, bins)
+
+
+@_njit
+def zero_cell(use_keys, low, scale, klow, shift, bins):
+    """The cell of exact zeros."""
+    return zero_bin(use_keys, low, scale, klow, shift, bins) + 1
 
 
 @_njit
@@ -168,7 +183,7 @@ def _plane_cells(plane, plane_bits, fit, bins, ids):
     go to one of 8 spare slots after the cells, in turn: increments of one counter value
     after value wait for each other (a dead channel took 2.5x as long)."""
     use_keys, low, scale, klow, shift = fit
-    spare = 3 * (bins + 2)
+    spare = bins + 4
     if use_keys:  # (two loops: a loop-invariant branch inside one kept it scalar)
         for x in range(plane.size):
             cell = cell_of(plane[x], plane_bits[x], True, low, scale, klow, shift, bins)
@@ -186,7 +201,7 @@ def _histogram_pass(out, bits, c, fit, bins, chist, ids, stored):
     first NaN or infinite value."""
     images, channels, h, w = out.shape
     planes, plane_bits = out.reshape(images, channels, h * w), bits.reshape(images, channels, h * w)
-    p = 0
+    p = np.uint64(0)
     for i in range(images):
         plane, plane_bits_i = planes[i, c], plane_bits[i, c]
         bad = 0
@@ -196,13 +211,16 @@ def _histogram_pass(out, bits, c, fit, bins, chist, ids, stored):
             return False
         _plane_cells(plane, plane_bits_i, fit, bins, ids)
         for y in range(1, h - 1):
-            for x in range(y * w + 1, y * w + w - 1):
-                chist[ids[x]] += 1
-                stored[p] = ids[x]
-                p += 1
+            # (unsigned indices: numba adds a negative-index fix-up to every signed one, which
+            # had doubled this loop's instructions)
+            for x in range(np.uint64(y * w + 1), np.uint64(y * w + w - 1)):
+                cell = ids[x]
+                chist[cell] += 1
+                stored[p] = cell
+                p += np.uint64(1)
     use_keys, low, scale, klow, shift = fit
-    spare = 3 * (bins + 2)
-    chist[cell_of(np.float32(0.0), np.int32(0), use_keys, low, scale, klow, shift, bins)] = chist[spare:spare + 8].sum()
+    spare = bins + 4
+    chist[zero_cell(use_keys, low, scale, klow, shift, bins)] = chist[spare:spare + 8].sum()
     chist[spare:] = 0
     return True
 
@@ -308,29 +326,29 @@ def _placement_pass(out, c, stored, flag, group_start, group_end, group_values, 
     group_values[p] (and above its predecessor), counts[2p + 1] for one equal to it (the
     first of equal values takes the count)."""
     images, _, h, w = out.shape
-    at = 0
+    at = np.uint64(0)
     for i in range(images):
         for y in range(1, h - 1):
             row = out[i, c, y]
-            for x in range(1, w - 1):
-                cell = stored[at + x - 1]
+            for x in range(np.uint64(1), np.uint64(w - 1)):  # (unsigned indices: as in _histogram_pass)
+                cell = stored[at + x - np.uint64(1)]
                 if flag[cell]:
                     v = row[x]
                     p = first_at_least(group_values, group_start[cell], group_end[cell], v)
                     if p < group_end[cell]:  # (above every refined value of its cell: not needed)
                         counts[2 * p + (group_values[p] == v)] += 1
-            at += w - 2
+            at += np.uint64(w - 2)
 
 
 @_njit
-def _bounds_at_hits(hits, lower, upper, value_cells, lt_row, le_row, refined):
+def _bounds_at_hits(hits, lower, upper, value_cells, zero, lt_row, le_row, refined):
     """lt/le at the hits from the bounds, and which hits need refining (their indices into
     ``refined``; how many): those whose cell holds centre values, unless it is the cell of
     exact zeros (whose counts are exact already)."""
     n_refined = 0
     for i in hits:
         lt_row[i], le_row[i] = lower[i], upper[i]
-        if upper[i] > lower[i] and value_cells[i] % 3 != 1:
+        if upper[i] > lower[i] and value_cells[i] != zero:
             refined[n_refined] = i
             n_refined += 1
     return n_refined
@@ -349,7 +367,7 @@ def count_block(out, bits, r0, queries, sizes, lt, le, exact, bins_per_border, v
     bins = 16
     while bins < min(max_bins, 1 << 14) and (bins < bins_per_border * k or bins * values_per_bin < m):
         bins *= 2  # (at most 2**14: cells and spare slots fit the uint16 of ``stored``)
-    cells = 3 * (bins + 2)
+    cells = bins + 4  # bins 0..bins + 1, the bin of 0 in three
     stored = np.empty(m, dtype=np.uint16)
     value_cells, spare_cells = np.empty(k, dtype=np.int64), np.empty(k, dtype=np.int64)
     lower, upper = np.empty(k, dtype=np.float64), np.empty(k, dtype=np.float64)  # (counts: exact in float64)
@@ -361,7 +379,7 @@ def count_block(out, bits, r0, queries, sizes, lt, le, exact, bins_per_border, v
     group_start, group_end = np.empty(cells, dtype=np.int64), np.empty(cells, dtype=np.int64)
     group_values, group_index = np.empty(k, dtype=np.float32), np.empty(k, dtype=np.int64)
     counts = np.empty(2 * k + 2, dtype=np.int64)
-    ids = np.empty(h * w, dtype=np.int32)
+    ids = np.empty(h * w, dtype=np.uint32)
     for r in range(rows):
         q = queries[r]
         row = 0 if want_stats else r  # (statistics only: one row of scratch counts, reused)
@@ -384,7 +402,8 @@ def count_block(out, bits, r0, queries, sizes, lt, le, exact, bins_per_border, v
         for i in range(k):  # (branch-free compaction: the hits are a few per cent of k)
             hits[nh] = i
             nh += hit[i]
-        n_refined = _bounds_at_hits(hits[:nh], lower, upper, value_cells, lt[row], le[row], refined)
+        zero = zero_cell(fit[0], fit[1], fit[2], fit[3], fit[4], bins)
+        n_refined = _bounds_at_hits(hits[:nh], lower, upper, value_cells, zero, lt[row], le[row], refined)
         if n_refined:
             n = _group_refined(q, value_cells, refined[:n_refined], group_start, group_end, group_values,
                                group_index, flag)
