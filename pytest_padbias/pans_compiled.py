@@ -152,28 +152,39 @@ def first_at_least(merged, lo, hi, v):
 @_njit
 def candidates(lower, upper, sizes, m, hit):
     """``hit`` [k] |= the border values at which some maximand can reach its maximum, for
-    counts known to lie in [lower, upper] (``.pans_counts.may_hold_a_maximum``'s rule).
-    In float64, which holds every numerator (at most n * m < 2**53) exactly, and in
-    scalars rather than arrays: the compiler then vectorises the maxima (AVX2 has no
-    int64 max), twice as fast."""
+    counts known to lie in [lower, upper] (``.pans_counts.may_hold_a_maximum``'s rule),
+    run by run."""
     start = 0
     for s in range(sizes.size):
         n = sizes[s]
-        nf, mf, kf = np.float64(n), np.float64(m), np.float64(min(n, m))
-        off = mf - kf
-        b0 = b1 = b2 = b3 = -np.inf
-        for j in range(n):
-            lo, up, jf = lower[start + j], upper[start + j], np.float64(j)
-            b0 = max(b0, (jf + 1) * mf - up * nf)
-            b1 = max(b1, lo * nf - jf * mf)
-            b2 = max(b2, max(lo - off, 0.0) * nf - jf * kf)
-            b3 = max(b3, (jf + 1) * kf - min(up, kf) * nf)
-        b0, b1, b2, b3 = max(b0, 1.0), max(b1, 1.0), max(b2, 1.0), max(b3, 1.0)
-        for j in range(n):
-            lo, up, jf = lower[start + j], upper[start + j], np.float64(j)
-            hit[start + j] |= ((jf + 1) * mf - lo * nf >= b0) | (up * nf - jf * mf >= b1) | (
-                max(up - off, 0.0) * nf - jf * kf >= b2) | ((jf + 1) * kf - min(lo, kf) * nf >= b3)
+        _run_candidates(lower[start:start + n], upper[start:start + n], n, m, hit[start:start + n])
         start += n
+
+
+def _njit_exact_fastmath(fn):
+    """numba.njit with fastmath, for loops whose every operand and result is an integer
+    below 2**53 in float64: reordered or fused, each operation is still exact, and the
+    maxima then vectorise (without it they stayed scalar: a tenth of the kernel on 56x56 maps)."""
+    return fn if numba is None else numba.njit(nogil=True, cache=True, fastmath=True)(fn)
+
+
+@_njit_exact_fastmath
+def _run_candidates(lower, upper, n, m, hit):
+    """:func:`candidates` on one run. In float64, which holds every numerator (at most
+    n * m < 2**53) exactly (AVX2 has no int64 max); the maxima start at 1, their floor."""
+    nf, mf, kf = np.float64(n), np.float64(m), np.float64(min(n, m))
+    off = mf - kf
+    b0 = b1 = b2 = b3 = 1.0
+    for j in range(n):
+        lo, up, jf = lower[j], upper[j], np.float64(j)
+        b0 = max(b0, (jf + 1) * mf - up * nf)
+        b1 = max(b1, lo * nf - jf * mf)
+        b2 = max(b2, max(lo - off, 0.0) * nf - jf * kf)
+        b3 = max(b3, (jf + 1) * kf - min(up, kf) * nf)
+    for j in range(n):
+        lo, up, jf = lower[j], upper[j], np.float64(j)
+        hit[j] |= ((jf + 1) * mf - lo * nf >= b0) | (up * nf - jf * mf >= b1) | (
+            max(up - off, 0.0) * nf - jf * kf >= b2) | ((jf + 1) * kf - min(lo, kf) * nf >= b3)
 
 
 @_njit
@@ -324,20 +335,35 @@ def _placement_pass(out, c, stored, flag, group_start, group_end, group_values, 
     """Each centre value of a flagged cell (the cells pass 1 kept in ``stored``) counted
     against the sorted refined border values of its cell: counts[2p] for one below
     group_values[p] (and above its predecessor), counts[2p + 1] for one equal to it (the
-    first of equal values takes the count)."""
+    first of equal values takes the count). Four cells at a time: the flagged ones are a
+    few per cent, so one test mostly passes over four values."""
     images, _, h, w = out.shape
     at = np.uint64(0)
+    width = np.uint64(w - 2)
     for i in range(images):
         for y in range(1, h - 1):
             row = out[i, c, y]
-            for x in range(np.uint64(1), np.uint64(w - 1)):  # (unsigned indices: as in _histogram_pass)
-                cell = stored[at + x - np.uint64(1)]
-                if flag[cell]:
-                    v = row[x]
-                    p = first_at_least(group_values, group_start[cell], group_end[cell], v)
-                    if p < group_end[cell]:  # (above every refined value of its cell: not needed)
-                        counts[2 * p + (group_values[p] == v)] += 1
-            at += np.uint64(w - 2)
+            x = np.uint64(0)
+            while x + np.uint64(4) <= width:
+                a = at + x
+                if (flag[stored[a]] | flag[stored[a + np.uint64(1)]] | flag[stored[a + np.uint64(2)]]
+                        | flag[stored[a + np.uint64(3)]]):
+                    for d in range(np.uint64(4)):
+                        _place(stored[a + d], row[x + d + np.uint64(1)], flag, group_start, group_end, group_values,
+                               counts)
+                x += np.uint64(4)
+            while x < width:
+                _place(stored[at + x], row[x + np.uint64(1)], flag, group_start, group_end, group_values, counts)
+                x += np.uint64(1)
+            at += width
+
+
+@_njit
+def _place(cell, v, flag, group_start, group_end, group_values, counts):
+    if flag[cell]:
+        p = first_at_least(group_values, group_start[cell], group_end[cell], v)
+        if p < group_end[cell]:  # (above every refined value of its cell: not needed)
+            counts[2 * p + (group_values[p] == v)] += 1
 
 
 @_njit
@@ -369,7 +395,7 @@ def count_block(out, bits, r0, queries, sizes, lt, le, exact, bins_per_border, v
         bins *= 2  # (at most 2**14: cells and spare slots fit the uint16 of ``stored``)
     cells = bins + 4  # bins 0..bins + 1, the bin of 0 in three
     stored = np.empty(m, dtype=np.uint16)
-    value_cells, spare_cells = np.empty(k, dtype=np.int64), np.empty(k, dtype=np.int64)
+    value_cells, spare_cells = np.empty(k, dtype=np.uint32), np.empty(k, dtype=np.uint32)  # (unsigned: no index fix-ups)
     lower, upper = np.empty(k, dtype=np.float64), np.empty(k, dtype=np.float64)  # (counts: exact in float64)
     hit = np.empty(k, dtype=np.bool_)
     hits, refined = np.empty(k, dtype=np.int64), np.empty(k, dtype=np.int64)
@@ -391,7 +417,7 @@ def count_block(out, bits, r0, queries, sizes, lt, le, exact, bins_per_border, v
         for c in range(cells):
             before[c + 1] = before[c] + chist[c]
         for i in range(k):
-            lower[i], upper[i] = before[value_cells[i]], before[value_cells[i] + 1]
+            lower[i], upper[i] = before[value_cells[i]], before[value_cells[i] + np.uint32(1)]
         if not want_stats:  # (the counts are the result: bounds everywhere, made exact below where needed)
             for i in range(k):
                 lt[row, i], le[row, i] = lower[i], upper[i]
