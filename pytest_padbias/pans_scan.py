@@ -85,14 +85,21 @@ class LayerScan:
     def prepare_rows(self, r0: int, r1: int, out=None) -> None:
         """Sort the border values of channels r0:r1: those of ``out`` in the single pass
         (each worker copies its own channels' borders, rather than one thread all of them
-        first), else those the chunks of pass 1 kept."""
-        sides = None if out is None else self.borders(out[:, r0:r1])
-        for i, seg in enumerate(self._segments()):
-            values = sides[i] if sides is not None else np.concatenate([chunk[i][r0:r1] for chunk in self.border_chunks],
-                                                                       axis=1)
-            values.sort(axis=1)
-            self.queries[r0:r1, seg] = values
-        if not np.isfinite(self.queries[r0:r1]).all():
+        first, straight into ``queries``, sorted there), else those the chunks of pass 1 kept."""
+        if out is None:
+            for i, seg in enumerate(self._segments()):
+                self.queries[r0:r1, seg] = np.concatenate([chunk[i][r0:r1] for chunk in self.border_chunks], axis=1)
+        else:
+            n, _, h, w = out.shape
+            sides = (out[:, r0:r1, 0, :], out[:, r0:r1, h - 1, :], out[:, r0:r1, :, 0], out[:, r0:r1, :, w - 1])
+            for side, seg in zip(sides, self._segments()):
+                self.queries[r0:r1, seg].reshape(r1 - r0, n, -1)[...] = side.transpose(1, 0, 2)
+        ends = []
+        for seg in self._segments():
+            self.queries[r0:r1, seg].sort(axis=1)
+            ends.append(self.queries[r0:r1, [seg.start, seg.stop - 1]])
+        # sorted, a side's extremes are its first and last values (NaN sorts last)
+        if not np.isfinite(ends).all():
             raise PadbiasError(f"layer {self.name} produced NaN or infinite activations; the PAN census needs finite conv outputs")
 
     def analyse_rows(self, out, r0: int, r1: int, pool: WorkerPool) -> None:
