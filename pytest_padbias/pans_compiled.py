@@ -53,6 +53,27 @@ SCAN = 8
 _EXPONENT = np.int32(0x7F800000)
 #: ks_2samp's exact mode up to this sample size (as :data:`.pans_counts.AUTO_EXACT_MAX`)
 AUTO_EXACT_MAX = 10000
+#: maps of at least this many values prefetch the next image's map
+PREFETCH_FROM = 128
+
+
+if numba is not None:
+    from llvmlite import ir as _ir
+    from numba.core import cgutils as _cgutils
+    from numba.core import types as _types
+    from numba.extending import intrinsic as _intrinsic
+
+    @_intrinsic
+    def prefetch(typingctx, array, index):
+        """A hint to fetch the cache line of array[index] (llvm.prefetch: read, keep in all levels)."""
+        def codegen(context, builder, signature, args):
+            arr = context.make_array(signature.args[0])(context, builder, args[0])
+            ptr = _cgutils.get_item_pointer(context, builder, signature.args[0], arr, [args[1]], wraparound=False)
+            i8p, i32 = _ir.IntType(8).as_pointer(), _ir.IntType(32)
+            fn = builder.module.declare_intrinsic("llvm.prefetch", fnty=_ir.FunctionType(_ir.VoidType(), [i8p, i32, i32, i32]))
+            builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+            return context.get_dummy_value()
+        return _types.void(array, index), codegen
 
 
 def available() -> bool:
@@ -223,6 +244,11 @@ def _histogram_pass(out, bits, c, fit, bins, chist, ids, stored):
         if bad:
             return False
         _plane_cells(plane, plane_bits_i, fit, bins, ids)
+        if i + 1 < images and h * w >= PREFETCH_FROM:  # the next image's map while this one is counted
+            # (it comes from DRAM as a rule: 5% less time on 56x56 maps; on 7x7 the hints cost more)
+            following = planes[i + 1, c]
+            for x in range(0, h * w, 16):
+                prefetch(following, x)
         for y in range(1, h - 1):
             # (unsigned indices: numba adds a negative-index fix-up to every signed one, which
             # had doubled this loop's instructions)
