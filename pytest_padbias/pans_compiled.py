@@ -54,7 +54,7 @@ _EXPONENT = np.int32(0x7F800000)
 #: ks_2samp's exact mode up to this sample size (as :data:`.pans_counts.AUTO_EXACT_MAX`)
 AUTO_EXACT_MAX = 10000
 #: maps of at least this many values prefetch the next image's map
-PREFETCH_FROM = 128
+PREFETCH_FROM = 512
 
 
 if numba is not None:
@@ -244,12 +244,15 @@ def _histogram_pass(out, bits, c, fit, bins, chist, ids, stored):
         if bad:
             return False
         _plane_cells(plane, plane_bits_i, fit, bins, ids)
-        if i + 1 < images and h * w >= PREFETCH_FROM:  # the next image's map while this one is counted
-            # (it comes from DRAM as a rule: 5% less time on 56x56 maps; on 7x7 the hints cost more)
-            following = planes[i + 1, c]
-            for x in range(0, h * w, 16):
-                prefetch(following, x)
+        # the next image's map is hinted into the cache a slice per row while this one is
+        # counted (it comes from DRAM as a rule: 8% less time on 56x56 maps; all at once,
+        # most hints were dropped; on maps under PREFETCH_FROM values they cost more)
+        following, hint = planes[min(i + 1, images - 1), c], i + 1 < images and h * w >= PREFETCH_FROM
+        per_row = np.uint64(h * w) // np.uint64(h - 2) + np.uint64(1)
         for y in range(1, h - 1):
+            if hint:
+                for t in range(np.uint64(y - 1) * per_row, min(np.uint64(y) * per_row, np.uint64(h * w)), np.uint64(16)):
+                    prefetch(following, t)
             # (unsigned indices: numba adds a negative-index fix-up to every signed one, which
             # had doubled this loop's instructions)
             for x in range(np.uint64(y * w + 1), np.uint64(y * w + w - 1)):
