@@ -6,8 +6,9 @@ and only the counts at the maximising j matter. Per channel:
 
 1. a monotone map of the value (linear in the value, or in the float's bits, i.e. about
    logarithmic: whichever crowds this channel's border values less) cuts the border
-   values' range into bins, each split into cells below, at and above 0 (exact zeros, a
-   third or more of many channels after ReLU and zero padding, get a cell of their own);
+   values' range into bins, about four per border value; the bin holding 0 is split into
+   cells below, at and above 0 (exact zeros, a third or more of many channels after ReLU
+   and zero padding, get a cell of their own);
 2. pass 1 histograms the centre over the cells, read straight from the layer's output (no
    copy, no sort): each border value's counts then lie between the centre values in lower
    cells and those up to its own cell;
@@ -21,9 +22,11 @@ and only the counts at the maximising j matter. Per channel:
 The counts are then exact wherever a maximum can be and bounds elsewhere, which is what
 ``ks_from_counts`` needs to give scipy's statistics bit for bit. With ``exact=True`` every
 border value is refined, so all counts are exact (the chunked mode adds counts over
-chunks). Each centre value costs two vectorised cell computations and a histogram
-increment, against about ten array passes per value in the numpy kernels of
-:mod:`.pans_counts`, whose time was set by memory traffic.
+chunks). Each centre value costs a vectorised cell computation, a histogram increment and
+a look at its cell's flag in pass 2, about 2 ns on one core, against about ten array
+passes per value in the numpy kernels of :mod:`.pans_counts`, whose time was set by
+memory traffic. The inner loops index with unsigned integers: numba adds a negative-index
+fix-up to every signed index, which had doubled their instructions.
 
 numba is optional: without it (or with ``PADBIAS_NO_NUMBA=1``) the census uses the numpy
 kernels, which give the same statistics, more slowly.
