@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from pytest_padbias import zoo
+from pytest_padbias import letters_data, zoo
 from pytest_padbias.geometry import is_even, uneven_layers
 from pytest_padbias.result import PadbiasError
 
@@ -20,7 +20,7 @@ TINY = dict(n_train=52, epochs=1, width=2, batch_size=26)
 
 def test_letters_are_deterministic_and_balanced():
     x1, y1 = zoo.letters("train", 28, 78, data_seed=5)
-    zoo._letters_split.cache_clear()
+    letters_data._letters_split.cache_clear()
     x2, y2 = zoo.letters("train", 28, 78, data_seed=5)
     assert torch.equal(x1, x2) and torch.equal(y1, y2)
     assert x1.shape == (78, 1, 28, 28) and x1.dtype == torch.float32
@@ -33,19 +33,19 @@ def test_letters_are_deterministic_and_balanced():
 
 def test_each_class_mixes_capitals_and_small_letters_as_emnist_letters_does(monkeypatch):
     drawn = []
-    glyph = zoo._glyph
+    glyph = letters_data._glyph
 
     def recording(font, letter, stroke):
         drawn.append(letter)
         return glyph(font, letter, stroke)
 
-    monkeypatch.setattr(zoo, "_glyph", recording)
-    zoo._letters_split.cache_clear()
+    monkeypatch.setattr(letters_data, "_glyph", recording)
+    letters_data._letters_split.cache_clear()
     _x, y = zoo.letters("train", 28, 520, data_seed=7)
-    zoo._letters_split.cache_clear()
+    letters_data._letters_split.cache_clear()
     assert [d.upper() for d in drawn] == [zoo.LETTERS[k] for k in y.tolist()]  # a small letter keeps its capital's class
     small = sum(d.islower() for d in drawn) / len(drawn)
-    assert abs(small - zoo.LOWERCASE_SHARE) < 0.07, small
+    assert abs(small - letters_data.LOWERCASE_SHARE) < 0.07, small
 
 
 def test_29_is_the_28_image_with_a_background_row_and_column():
