@@ -54,11 +54,12 @@ class LettersZoo:
         return (self.cells(modes=("zeros",), seeds=self.batch_norm_seeds)
                 + self.cells(modes=("zeros",), batch_norm=True, seeds=self.batch_norm_seeds))
 
-    def missing_jobs(self, cells=None) -> list:
-        """Training jobs (picklable) of the models of ``cells`` (default: Tables 1-3's) that
-        the cache does not hold yet, for :func:`pytest_padbias.zoo.train_in_parallel`."""
+    def missing_jobs(self, cells=None, batch_norm: bool = True) -> list:
+        """Training jobs (picklable) of the models of ``cells`` (default: Tables 1 and 2's,
+        and Table 3's unless ``batch_norm`` is False) that the cache does not hold yet, for
+        :func:`pytest_padbias.zoo.train_in_parallel`."""
         if cells is None:
-            cells = list(dict.fromkeys(self.cells() + self.table3_cells()))
+            cells = list(dict.fromkeys(self.cells() + (self.table3_cells() if batch_norm else [])))
         kwargs = self.budget.train_kwargs()
         return [self._job(*cell) for cell in cells
                 if not zoo.is_cached(zoo.letters_config("letters", *cell, data=self.data, **kwargs), self.cache_dir)]

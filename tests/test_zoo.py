@@ -280,6 +280,20 @@ def test_missing_jobs_list_exactly_the_models_not_yet_cached(tmp_path):
     assert letters.missing_jobs(cells) == []
 
 
+def test_missing_jobs_leave_out_table_3s_models_when_its_claim_is_not_run(tmp_path):
+    """A run without Table 3's claim does not train its batch-norm models nor its extra seeds."""
+    from pytest_padbias.letters_zoo import LettersZoo
+
+    budget = zoo.LettersBudget(seeds=1, n_train=52, n_val=26, n_test=26, max_epochs=1, width=2, batch_size=26,
+                               batch_norm_seeds=3)
+    letters = LettersZoo(budget, [0], cache_dir=tmp_path)
+    without = {(job.args[1], job.args[2], job.args[3], job.args[4]) for job in letters.missing_jobs(batch_norm=False)}
+    with_bn = {(job.args[1], job.args[2], job.args[3], job.args[4]) for job in letters.missing_jobs()}
+    assert without == set(letters.cells()) and len(without) == 8
+    assert with_bn - without == {(s, "zeros", seed, bn) for s in zoo.SIZES for seed in (0, 1, 2) for bn in (True, False)
+                                 if bn or seed > 0}
+
+
 def test_training_saves_standard_layout_weights_from_a_channels_last_loop(tmp_path):
     """The loop trains in channels-last order for speed; the cached weights are plain
     contiguous tensors, as a user loading the file into their own model expects."""
