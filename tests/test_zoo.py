@@ -183,10 +183,11 @@ def test_the_zoo_option_defaults_leave_the_budget_to_the_profile():
 
 
 def _suite_cells(seed):
-    """The (size, mode, seed, batch norm) cells the letters suites train for one seed."""
+    """The (size, mode, seed, batch norm) cells the letters suites train for one seed when
+    Table 3's claim is not selected (its batch-norm models are then left out)."""
     from pytest_padbias.padding import PADDING_MODES
 
-    return [(s, m, seed, False) for m in PADDING_MODES for s in zoo.SIZES] + [(s, "zeros", seed, True) for s in zoo.SIZES]
+    return [(s, m, seed, False) for m in PADDING_MODES for s in zoo.SIZES]
 
 
 def test_the_zoo_options_reach_the_suites_models(pytester, monkeypatch, tmp_path):
@@ -203,7 +204,7 @@ def test_the_zoo_options_reach_the_suites_models(pytester, monkeypatch, tmp_path
     expected = set()
     for cell in _suite_cells(5):
         expected.add(zoo.cache_path(zoo.letters_config("letters", *cell, **budget), tmp_path).name)
-    assert set(files) == expected  # seed 5 only, 260 images, 1 epoch: nothing else was trained
+    assert set(files) == expected  # seed 5 only, 260 images, 1 epoch, no batch norm: nothing else was trained
     info = zoo.train_info(tmp_path / files[0])
     assert info["epochs"] == 1 and info["stopped"] == "max epochs" and info["val_loss"] > 0 and "train_seconds" in info
 
