@@ -333,6 +333,27 @@ def _place(cell, v, flag, group_start, group_end, group_values, counts):
 
 
 @_njit
+def _cell_bounds(chist, before, value_cells, lower, upper):
+    """before[c]: the centre values in the cells below c; each border value's counts then
+    lie in [before[its cell], before[its cell + 1]] (``lower``, ``upper``)."""
+    before[0] = 0
+    for c in range(before.size - 1):
+        before[c + 1] = before[c] + chist[c]
+    for i in range(value_cells.size):
+        lower[i], upper[i] = before[value_cells[i]], before[value_cells[i] + np.uint32(1)]
+
+
+@_njit
+def _compact(hit, hits):
+    """The indices of ``hit`` into ``hits``, branch-free (they are a few per cent); how many."""
+    nh = 0
+    for i in range(hit.size):
+        hits[nh] = i
+        nh += hit[i]
+    return nh
+
+
+@_njit
 def count_block(out, bits, r0, queries, sizes, lt, le, exact, bins_per_border, values_per_bin, max_bins, stats,
                 want_stats, exact_max):
     """lt/le of every query of row r (channel r0 + r of ``out``), whose runs of ``sizes``
@@ -365,21 +386,14 @@ def count_block(out, bits, r0, queries, sizes, lt, le, exact, bins_per_border, v
         chist[:] = 0
         if not _histogram_pass(out, bits, r0 + r, fit, bins, chist, ids, stored):
             return r0 + r
-        before[0] = 0
-        for c in range(cells):
-            before[c + 1] = before[c] + chist[c]
-        for i in range(k):
-            lower[i], upper[i] = before[value_cells[i]], before[value_cells[i] + np.uint32(1)]
+        _cell_bounds(chist, before, value_cells, lower, upper)
         if not want_stats:  # (the counts are the result: bounds everywhere, made exact below where needed)
             for i in range(k):
                 lt[row, i], le[row, i] = lower[i], upper[i]
         hit[:] = exact
         if not exact:
             candidates(lower, upper, sizes, m, hit)
-        nh = 0
-        for i in range(k):  # (branch-free compaction: the hits are a few per cent of k)
-            hits[nh] = i
-            nh += hit[i]
+        nh = _compact(hit, hits)
         zero = zero_cell(fit[0], fit[1], fit[2], fit[3], fit[4], bins)
         n_refined = bounds_at_hits(hits[:nh], lower, upper, value_cells, zero, lt[row], le[row], refined)
         if n_refined:
