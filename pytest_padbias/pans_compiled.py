@@ -171,6 +171,10 @@ def _histogram_pass(out, bits, c, fit, bins, chist, ids, stored):
     images, channels, h, w = out.shape
     planes, plane_bits = out.reshape(images, channels, h * w), bits.reshape(images, channels, h * w)
     p = np.uint64(0)
+    # the next image's map is hinted into the cache a slice per row while one is counted
+    # (it comes from DRAM as a rule: 8% less time on 56x56 maps; all at once, most hints
+    # were dropped; on maps under PREFETCH_FROM values they cost more)
+    hinted, per_row = h * w >= PREFETCH_FROM, np.uint64(h * w) // np.uint64(h - 2) + np.uint64(1)
     for i in range(images):
         plane, plane_bits_i = planes[i, c], plane_bits[i, c]
         bad = 0
@@ -179,11 +183,7 @@ def _histogram_pass(out, bits, c, fit, bins, chist, ids, stored):
         if bad:
             return False
         _plane_cells(plane, plane_bits_i, fit, bins, ids)
-        # the next image's map is hinted into the cache a slice per row while this one is
-        # counted (it comes from DRAM as a rule: 8% less time on 56x56 maps; all at once,
-        # most hints were dropped; on maps under PREFETCH_FROM values they cost more)
-        following, hint = planes[min(i + 1, images - 1), c], i + 1 < images and h * w >= PREFETCH_FROM
-        per_row = np.uint64(h * w) // np.uint64(h - 2) + np.uint64(1)
+        following, hint = planes[min(i + 1, images - 1), c], hinted and i + 1 < images
         for y in range(1, h - 1):
             if hint:
                 for t in range(np.uint64(y - 1) * per_row, min(np.uint64(y) * per_row, np.uint64(h * w)), np.uint64(16)):

@@ -59,12 +59,6 @@ def bounds_at_hits(hits, lower, upper, value_cells, zero, lt_row, le_row, refine
 
 
 @_njit
-def run_statistics(lt_row, le_row, hit, sizes, m, exact_max, stats, r):
-    """:func:`hit_statistics` at every ``hit`` j."""
-    hit_statistics(lt_row, le_row, np.flatnonzero(hit), sizes, m, exact_max, stats, r)
-
-
-@_njit
 def hit_statistics(lt_row, le_row, hits, sizes, m, exact_max, stats, r):
     """KS, KS+ and KS- of each run (border) into stats[:, r, run], as
     :func:`.pans_counts.ks_from_counts` computes them (the same integers and floats, so

@@ -50,11 +50,15 @@ class LayerScan:
 
     # the border values (T, B, L, R: rows 0 and H-1, columns 0 and W-1)
     @staticmethod
-    def borders(out) -> list:
+    def sides(out) -> tuple:
+        """Views of the four borders of ``out`` [N, C, H, W] as [N, C, length]."""
+        h, w = out.shape[2:]
+        return out[:, :, 0, :], out[:, :, h - 1, :], out[:, :, :, 0], out[:, :, :, w - 1]
+
+    @classmethod
+    def borders(cls, out) -> list:
         """The four borders of every channel as [channels, n*length] copies."""
-        n, c, h, w = out.shape
-        sides = (out[:, :, 0, :], out[:, :, h - 1, :], out[:, :, :, 0], out[:, :, :, w - 1])
-        return [np.array(b.transpose(1, 0, 2), dtype=np.float32).reshape(c, -1) for b in sides]
+        return [np.array(b.transpose(1, 0, 2), dtype=np.float32).reshape(out.shape[1], -1) for b in cls.sides(out)]
 
     def collect(self, out, keep: bool) -> None:
         """Note the map size; with ``keep`` keep this chunk's borders (for the counting)."""
@@ -90,10 +94,8 @@ class LayerScan:
             for i, seg in enumerate(self._segments()):
                 self.queries[r0:r1, seg] = np.concatenate([chunk[i][r0:r1] for chunk in self.border_chunks], axis=1)
         else:
-            n, _, h, w = out.shape
-            sides = (out[:, r0:r1, 0, :], out[:, r0:r1, h - 1, :], out[:, r0:r1, :, 0], out[:, r0:r1, :, w - 1])
-            for side, seg in zip(sides, self._segments()):
-                self.queries[r0:r1, seg].reshape(r1 - r0, n, -1)[...] = side.transpose(1, 0, 2)
+            for side, seg in zip(self.sides(out[:, r0:r1]), self._segments()):
+                self.queries[r0:r1, seg].reshape(r1 - r0, out.shape[0], -1)[...] = side.transpose(1, 0, 2)
         ends = []
         for seg in self._segments():
             self.queries[r0:r1, seg].sort(axis=1)

@@ -238,7 +238,7 @@ def test_compiled_statistics_round_as_ks_from_counts_in_every_regime(n, m, ties,
     le = np.minimum(lt + (rng.integers(0, 3, n) if ties else 0), m)
     le = np.maximum.accumulate(le)
     stats = np.empty((3, 1, 1))
-    pans_maxima.run_statistics(lt, le, np.ones(n, dtype=bool), np.array([n]), m, pans_counts.AUTO_EXACT_MAX, stats, 0)
+    pans_maxima.hit_statistics(lt, le, np.arange(n), np.array([n]), m, pans_counts.AUTO_EXACT_MAX, stats, 0)
     for mine, ref in zip(stats[:, 0, 0], ks_from_counts(lt[None], le[None], n, m)):
         assert mine == ref[0], (mine, ref[0])
 
