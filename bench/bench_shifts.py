@@ -33,7 +33,8 @@ import torch
 
 from pytest_padbias.images import load_photos, natural_images
 from pytest_padbias.models import load_model
-from pytest_padbias.shifts import auto_batch_size, border_shift_map, shift_consistency
+from pytest_padbias.border_shifts import border_shift_map
+from pytest_padbias.shifts import auto_batch_size, shift_consistency
 
 
 def measurements(model, images, batch_size, views_per_image, max_shift):

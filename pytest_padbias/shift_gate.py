@@ -149,9 +149,10 @@ def _search(model, images, max_shift, fill, score_fn, max_examples, derandomize,
 def run_shift_robust(ctx: GateContext, threshold: float, max_shift: int | None, fill: str) -> CheckResult:
     """:func:`shift_robust_check` with validated arguments."""
     from .shift_figures import shift_figures
+    from .border_shifts import border_shift_map
     from .shifts import (
-        GATE_GRID, GATE_VIEWS_PER_IMAGE, POSITIONS, _check_max_shift, auto_batch_size, border_shift_map,
-        default_max_shift, shift_consistency,
+        GATE_GRID, GATE_VIEWS_PER_IMAGE, POSITIONS, _check_max_shift, auto_batch_size, default_max_shift,
+        shift_consistency,
     )
     from .resources import forward_batch_size, gate_budget
 

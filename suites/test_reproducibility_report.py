@@ -161,7 +161,7 @@ def test_uneven_training_collapses_at_the_even_size(letters_zoo, padbias_record)
 
 def _border_map(letters_zoo, mode, seed):
     from pytest_padbias.result import cached_analysis
-    from pytest_padbias.shifts import border_shift_map
+    from pytest_padbias.border_shifts import border_shift_map
 
     model = letters_zoo.model(29, mode, seed)
     x, y = letters_zoo.test(29, SHIFT_N)

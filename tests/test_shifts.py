@@ -21,8 +21,8 @@ import skimage.io  # noqa: F401  (skimage.data loads it lazily, with scipy.linal
 import pytest_padbias.shift_figures  # noqa: F401
 from pytest_padbias.result import GateContext, PadbiasError
 from pytest_padbias.shift_gate import search_flipping_shift, shift_robust_check
+from pytest_padbias.border_shifts import border_shift_map
 from pytest_padbias.shifts import (
-    border_shift_map,
     shift_consistency,
     shift_robust_arguments,
     shifted_views,
