@@ -49,6 +49,17 @@ def forward(model, images):
         model(images)
 
 
+def conv_outputs(model, images) -> dict:
+    """The outputs of the census's analysed convs on ``images``, by layer name, as arrays."""
+    outputs = {}
+    hooks = [m.register_forward_hook(lambda m, a, o, n=n: outputs.__setitem__(n, o.detach().numpy()))
+             for n, m in eligible_convs(model)]
+    forward(model, images)
+    for h in hooks:
+        h.remove()
+    return outputs
+
+
 def timed(fn) -> tuple[float, float]:
     """(wall seconds, CPU seconds of this process over all threads)."""
     wall, cpu = time.perf_counter(), time.process_time()
@@ -80,12 +91,7 @@ def scipy_baseline(model, images, census, per_layer: int | None, method: str = "
     Returns per layer (measured wall seconds, wall and CPU seconds extrapolated to all the
     layer's channels), the max |census - scipy|, whether every statistic is equal bit for
     bit, and whether the PAN sets agree at every theta, on the neurons run."""
-    outputs = {}
-    hooks = [m.register_forward_hook(lambda m, a, o, n=n: outputs.__setitem__(n, o.detach().numpy()))
-             for n, m in eligible_convs(model)]
-    forward(model, images)
-    for h in hooks:
-        h.remove()
+    outputs = conv_outputs(model, images)
     per_layer_seconds, worst, identical, same = [], 0.0, True, True
     rng = np.random.default_rng(0)
     for li, layer in enumerate(census.layers):

@@ -20,24 +20,15 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from bench_pans import conv_outputs, setup  # noqa: E402  (this folder is on sys.path when run as a script)
+
 from pytest_padbias import pans_compiled  # noqa: E402
-from pytest_padbias.images import natural_images  # noqa: E402
-from pytest_padbias.models import load_model  # noqa: E402
-from pytest_padbias.pans import eligible_convs  # noqa: E402
 from pytest_padbias.pans_scan import LayerScan  # noqa: E402
 
 
 def layer_outputs(n_images: int = 32) -> dict:
-    loaded = load_model("mobilenet_v2")
-    images = natural_images(n_images, (224, 224), mean=loaded.mean, std=loaded.std)
-    outputs = {}
-    hooks = [conv.register_forward_hook(lambda m, a, out, name=name: outputs.__setitem__(name, out.detach().numpy().copy()))
-             for name, conv in eligible_convs(loaded.module)]
-    with torch.no_grad():
-        loaded.module.eval()(images)
-    for h in hooks:
-        h.remove()
-    return outputs
+    _, model, images = setup(n_images)
+    return conv_outputs(model, images)
 
 
 def main() -> None:
