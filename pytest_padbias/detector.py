@@ -343,8 +343,8 @@ def trained_detector(padding_mode: str = "zeros", seed: int = 0, *, size: int = 
     """The detector in eval mode on ``device``, trained once (on ``device``) and then read
     from the zoo's cache. ``zoo_info`` holds its config, the weights file, whether it was
     ``"trained"`` now or ``"cached"``, and under ``"train"`` the training record (``epochs``,
-    ``best_epoch``, ``val_loss``, ``stopped``, ``train_seconds``) read back from the file's
-    metadata (:func:`pytest_padbias.zoo.train_info`)."""
+    ``best_epoch``, ``val_loss``, ``stopped``, ``train_seconds``, ``train_cpu_seconds``) read
+    back from the file's metadata (:func:`pytest_padbias.zoo.train_info`)."""
     config = detector_config(padding_mode, seed, size=size, n_train=n_train, n_val=n_val, max_epochs=max_epochs,
                              patience=patience, lr_drops=lr_drops, width=width, batch_size=batch_size, lr=lr)
     if str(device).split(":")[0] not in ("cpu", "cuda"):

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from .detector import (DATA_SEED, HEAD_STRIDES, HEADS, OBJECT, SIDES, SIZE, backgrounds, check_size, jittered_light, scenes,
                        traffic_light)
 from .result import PadbiasError
+from .zoo import TRAINING_RECORD
 
 THRESHOLD = 0.5  # detection confidence of the location maps
 #: Placements within this many pixels of a border count as "near" it in :meth:`LocationMap.bands`
@@ -330,6 +331,5 @@ class DetectorZoo:
         for seed in self.seeds:
             for mode in self.modes:
                 info = self.model(mode, seed).zoo_info.get("train", {})
-                out[f"{mode} seed {seed}"] = {k: info[k] for k in ("epochs", "best_epoch", "val_loss", "stopped", "train_seconds")
-                                              if k in info}
+                out[f"{mode} seed {seed}"] = {k: info[k] for k in TRAINING_RECORD if k in info}
         return out

@@ -115,5 +115,5 @@ class LettersZoo:
         for size, mode, seed, bn in cells:
             info = self.model(size, mode, seed, bn).zoo_info.get("train", {})
             out[f"{size}x{size} {mode}{' bn' if bn else ''} seed {seed}"] = {
-                k: info.get(k) for k in ("epochs", "best_epoch", "val_loss", "stopped", "train_seconds") if k in info}
+                k: info.get(k) for k in zoo.TRAINING_RECORD if k in info}
         return out

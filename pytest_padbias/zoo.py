@@ -320,11 +320,13 @@ def load_or_train(config: dict, train, label: str, cache_dir=None):
         with _locked(path):
             state = load_verified(path, config)  # another process may have trained it meanwhile
             if state is None:
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 trained = train(_bar(label))
                 state = {k: v.detach().clone().contiguous() for k, v in trained.state_dict().items()}
                 meta = {"config": json.dumps(config, sort_keys=True), "sha256": _digest(state),
-                        "train_seconds": f"{time.perf_counter() - start:.1f}"}
+                        "train_seconds": f"{time.perf_counter() - start:.1f}",
+                        # CPU time too: the wall time includes pauses and other processes' turns
+                        "train_cpu_seconds": f"{time.process_time() - start_cpu:.1f}"}
                 # a member's training record (e.g. epochs, validation loss), as str -> str
                 meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in getattr(trained, "train_info", {}).items()})
                 _save_atomic(path, state, meta)
@@ -332,9 +334,14 @@ def load_or_train(config: dict, train, label: str, cache_dir=None):
     return state, path, origin
 
 
+#: The fields of a model's training record that the claims repeat in their details.
+TRAINING_RECORD = ("epochs", "best_epoch", "val_loss", "stopped", "train_seconds", "train_cpu_seconds")
+
+
 def train_info(path) -> dict:
     """The training record of a cached model (what its ``train_info`` held, e.g. epochs,
-    best epoch, final validation loss, and ``train_seconds``), from its file's metadata."""
+    best epoch, final validation loss, ``train_seconds`` and ``train_cpu_seconds``), from its
+    file's metadata."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
