@@ -264,6 +264,55 @@ class ShiftConsistency:
         return {k: getattr(self, k) for k in ("value", "per_image", "pairs", "mode", "fill", "max_shift", "views_per_image")}
 
 
+def _displacements(rng, n: int, k: int, max_shift: int):
+    """``k`` distinct displacements in ``[-max_shift, max_shift]^2`` for each of ``n``
+    images, as rows ``(dy, dx)`` image by image: a sample without replacement from the grid."""
+    side = 2 * max_shift + 1
+    cells = np.stack([rng.choice(side * side, size=k, replace=False) for _ in range(n)])
+    return np.stack([cells // side - max_shift, cells % side - max_shift], axis=-1).reshape(-1, 2)
+
+
+def _pair_agreement(labels):
+    """For labels ``[n, k]`` (k views per image), 1.0 where a pair of an image's views has
+    the same label: ``[n, k(k-1)/2]``."""
+    import torch
+
+    k = labels.shape[1]
+    upper = torch.triu(torch.ones(k, k, dtype=torch.bool), diagonal=1)
+    return (labels[:, :, None] == labels[:, None, :])[:, upper].float()
+
+
+def _view_source(photos_or_images, max_shift, mode, view_size, mean, std):
+    """The batch views are taken from, the views' size and the resolved ``max_shift`` of
+    :func:`shift_consistency` (crop mode: views inside a larger source; translate mode:
+    views of the source's own size)."""
+    import torch
+
+    is_tensor = isinstance(photos_or_images, torch.Tensor)
+    if max_shift is None:
+        base = photos_or_images.shape[-2:] if is_tensor else view_size
+        max_shift = default_max_shift(base) if (mode == "translate" or not is_tensor) else max(1, round(min(base) / 16))
+    if mode == "crop":
+        if is_tensor:
+            h, w = photos_or_images.shape[-2:]
+            _check_max_shift(max_shift, (h, w))
+            if 2 * max_shift >= min(h, w):
+                raise PadbiasError(
+                    f"max_shift={max_shift} leaves no crop of {h}x{w} images (crops are {h - 2 * max_shift}x{w - 2 * max_shift}); "
+                    f"in crop mode give at most {(min(h, w) - 1) // 2} pixels"
+                )
+            size = (h - 2 * max_shift, w - 2 * max_shift)
+        else:
+            _check_max_shift(max_shift, view_size)
+            size = tuple(view_size)
+        source = _as_source(photos_or_images, (size[0] + 2 * max_shift, size[1] + 2 * max_shift), mean, std)
+        return source, size, max_shift
+    source = _as_source(photos_or_images, view_size, mean, std)
+    size = tuple(source.shape[-2:])
+    _check_max_shift(max_shift, size)
+    return source, size, max_shift
+
+
 def shift_consistency(
     model,
     photos_or_images,
@@ -294,41 +343,15 @@ def shift_consistency(
     of the two-view probability that uses k(k-1)/2 pairs for k forward passes). All views
     are evaluated in batches of ``batch_size`` (default: :func:`auto_batch_size`).
     """
-    import torch
-
     if mode not in ("crop", "translate"):
         raise PadbiasError(f"mode={mode!r} is not a view mode; accepted: crop, translate")
     _check_fill(fill)
     if not _is_whole(views_per_image) or views_per_image < 2:
         raise PadbiasError(f"views_per_image={views_per_image!r} is not accepted; give a whole number of at least 2")
-    is_tensor = isinstance(photos_or_images, torch.Tensor)
-    if max_shift is None:
-        base = photos_or_images.shape[-2:] if is_tensor else view_size
-        max_shift = default_max_shift(base) if (mode == "translate" or not is_tensor) else max(1, round(min(base) / 16))
-    if mode == "crop":
-        if is_tensor:
-            h, w = photos_or_images.shape[-2:]
-            _check_max_shift(max_shift, (h, w))
-            if 2 * max_shift >= min(h, w):
-                raise PadbiasError(
-                    f"max_shift={max_shift} leaves no crop of {h}x{w} images (crops are {h - 2 * max_shift}x{w - 2 * max_shift}); "
-                    f"in crop mode give at most {(min(h, w) - 1) // 2} pixels"
-                )
-            size = (h - 2 * max_shift, w - 2 * max_shift)
-        else:
-            _check_max_shift(max_shift, view_size)
-            size = tuple(view_size)
-        source = _as_source(photos_or_images, (size[0] + 2 * max_shift, size[1] + 2 * max_shift), mean, std)
-    else:
-        source = _as_source(photos_or_images, view_size, mean, std)
-        size = tuple(source.shape[-2:])
-        _check_max_shift(max_shift, size)
-    n, side = source.shape[0], 2 * max_shift + 1
-    k = min(views_per_image, side * side)
-    rng = np.random.default_rng(seed)
-    # Distinct displacements per image: a sample without replacement from the (2S+1)^2 grid.
-    cells = np.stack([rng.choice(side * side, size=k, replace=False) for _ in range(n)])
-    disp = np.stack([cells // side - max_shift, cells % side - max_shift], axis=-1).reshape(-1, 2)
+    source, size, max_shift = _view_source(photos_or_images, max_shift, mode, view_size, mean, std)
+    n = source.shape[0]
+    k = min(views_per_image, (2 * max_shift + 1) ** 2)
+    disp = _displacements(np.random.default_rng(seed), n, k, max_shift)
     index = np.repeat(np.arange(n), k)
     offsets = disp if mode == "translate" else -(disp + max_shift)  # crop corner at S + d
     if score_fn is not None:  # the centred view is the reference of "kept its score"
@@ -340,8 +363,7 @@ def shift_consistency(
         labels = _judge(out, ref.repeat_interleave(k), True)[0].view(n, k)
     else:
         labels = out.argmax(dim=1).view(n, k)
-    upper = torch.triu(torch.ones(k, k, dtype=torch.bool), diagonal=1)
-    agree = (labels[:, :, None] == labels[:, None, :])[:, upper].float()
+    agree = _pair_agreement(labels)
     per_image = agree.mean(dim=1)
     return ShiftConsistency(
         value=float(per_image.mean()),
