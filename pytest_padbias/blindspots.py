@@ -315,14 +315,7 @@ def detectability_map(
     """
     import torch
 
-    from .padding import restore_padding, switch_padding
-
-    no_blind_spot_arguments(ratio=ratio, stride=stride, min_area=min_area)
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise PadbiasError(f"batch_size={batch_size!r} is not accepted; give a positive integer or None for the default")
-    input_size = (int(input_size[0]), int(input_size[1]))
-    if stride is not None and stride > max(input_size):
-        raise PadbiasError(f"no_blind_spot: stride={stride} is larger than the {input_size[0]}x{input_size[1]} input; give a stride of at most {max(input_size)} pixels")
+    input_size = _checked_sweep(input_size, ratio, stride, min_area, batch_size)
     channels = input_channels(model)
     device, dtype = _model_device_dtype(model)
     batch_size = batch_size or default_batch_size(input_size, device.type)
@@ -344,28 +337,10 @@ def detectability_map(
             centred_probabilities = _make_scorer(model, None, slice(None))(centred)[0]
         target_class = int(np.argmax(centred_probabilities))
     score = _make_scorer(model, score_fn, target_class)
-
-    previous = switch_padding(model, padding_mode) if padding_mode else {}
-    try:
-        with torch.inference_mode():
-            if centred_probabilities is not None and not padding_mode:
-                centred_score = float(centred_probabilities[target_class])
-            else:
-                centred_score = float(score(centred)[0])
-        scores = sweep_scores(score, back, stim, tops, lefts, batch_size)
-    except RuntimeError as exc:
-        raise PadbiasError(f"the model cannot run with {padding_mode or 'its own'} padding at {input_size[0]}x{input_size[1]} ({str(exc).splitlines()[0][:200]})") from None
-    finally:
-        restore_padding(model, previous)
-
-    if not np.all(np.isfinite(scores)) or scores.min() < 0:
-        raise PadbiasError("the scores are negative or not finite; detectability needs non-negative scores such as probabilities or confidences")
-    if np.median(scores) <= 0:
-        raise PadbiasError("the stimulus scores 0 at most locations, so its detectability is undefined; give a stimulus the model recognises")
-
-    preview = back_pixels.clone()
-    preview[:, centre[0] : centre[0] + h, centre[1] : centre[1] + w] = stim_pixels
-    preview = preview.permute(1, 2, 0).numpy()
+    known = float(centred_probabilities[target_class]) if centred_probabilities is not None and not padding_mode else None
+    centred_score, scores = _sweep_under(model, padding_mode, score, centred, known, (back, stim, tops, lefts, batch_size),
+                                         input_size)
+    preview = _preview(back_pixels, stim_pixels, centre, channels)
     return DetectabilityMap(
         scores=scores, tops=tops, lefts=lefts, stimulus_size=(int(h), int(w)), input_size=input_size, stride=int(stride),
         padding_mode=padding_mode or "model", ratio=float(ratio), min_area=int(min_area),
@@ -373,8 +348,58 @@ def detectability_map(
         target_class=target_class if score_fn is None else None,
         target_name=(list(categories)[target_class] if categories and score_fn is None and target_class < len(categories) else None),
         centred_score=centred_score,
-        preview=preview if channels == 3 else np.repeat(preview[..., :1], 3, axis=2),
+        preview=preview,
     )
+
+
+def _checked_sweep(input_size, ratio, stride, min_area, batch_size) -> tuple[int, int]:
+    """The sweep's arguments checked (a usage error naming the bad one); the input size as ints."""
+    no_blind_spot_arguments(ratio=ratio, stride=stride, min_area=min_area)
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise PadbiasError(f"batch_size={batch_size!r} is not accepted; give a positive integer or None for the default")
+    input_size = (int(input_size[0]), int(input_size[1]))
+    if stride is not None and stride > max(input_size):
+        raise PadbiasError(f"no_blind_spot: stride={stride} is larger than the {input_size[0]}x{input_size[1]} input; "
+                           f"give a stride of at most {max(input_size)} pixels")
+    return input_size
+
+
+def _sweep_under(model, padding_mode, score, centred, centred_score, sweep, input_size):
+    """``(centred score, scores of every placement)`` with every padded conv switched to
+    ``padding_mode`` (None: the model's own) for the sweep and restored after;
+    ``centred_score`` is reused when already known. ``sweep`` is ``sweep_scores``'s
+    ``(back, stim, tops, lefts, batch_size)``."""
+    import torch
+
+    from .padding import restore_padding, switch_padding
+
+    previous = switch_padding(model, padding_mode) if padding_mode else {}
+    try:
+        with torch.inference_mode():
+            if centred_score is None:
+                centred_score = float(score(centred)[0])
+        scores = sweep_scores(score, *sweep)
+    except RuntimeError as exc:
+        raise PadbiasError(f"the model cannot run with {padding_mode or 'its own'} padding at {input_size[0]}x{input_size[1]} "
+                           f"({str(exc).splitlines()[0][:200]})") from None
+    finally:
+        restore_padding(model, previous)
+    if not np.all(np.isfinite(scores)) or scores.min() < 0:
+        raise PadbiasError("the scores are negative or not finite; detectability needs non-negative scores such as "
+                           "probabilities or confidences")
+    if np.median(scores) <= 0:
+        raise PadbiasError("the stimulus scores 0 at most locations, so its detectability is undefined; give a stimulus "
+                           "the model recognises")
+    return centred_score, scores
+
+
+def _preview(back_pixels, stim_pixels, centre, channels):
+    """The centred stimulus on its background as an RGB array ``[H, W, 3]`` for the figure."""
+    h, w = stim_pixels.shape[-2:]
+    preview = back_pixels.clone()
+    preview[:, centre[0] : centre[0] + h, centre[1] : centre[1] + w] = stim_pixels
+    preview = preview.permute(1, 2, 0).numpy()
+    return preview if channels == 3 else np.repeat(preview[..., :1], 3, axis=2)
 
 
 def mitigation_maps(model, input_size=(224, 224), modes=("zeros",) + MITIGATION_MODES, **kwargs) -> dict[str, DetectabilityMap]:
