@@ -146,22 +146,13 @@ def _search(model, images, max_shift, fill, score_fn, max_examples, derandomize,
     return ShiftSearch(worst=worst, smallest_flip=smallest, evaluated=len(probes))
 
 
-def run_shift_robust(ctx: GateContext, threshold: float, max_shift: int | None, fill: str) -> CheckResult:
-    """:func:`shift_robust_check` with validated arguments."""
-    from .shift_figures import shift_figures
+def _measure_shifts(ctx: GateContext, images, shift: int, fill: str):
+    """The gate's three measurements: consistency, the border grid and the hypothesis search."""
     from .border_shifts import border_shift_map
-    from .shifts import (
-        GATE_GRID, GATE_VIEWS_PER_IMAGE, POSITIONS, _check_max_shift, auto_batch_size, default_max_shift,
-        shift_consistency,
-    )
     from .resources import forward_batch_size, gate_budget
+    from .shifts import GATE_GRID, GATE_VIEWS_PER_IMAGE, auto_batch_size, shift_consistency
 
-    images = ctx.images
-    if not hasattr(images, "dim") or images.dim() != 4:
-        raise PadbiasError(f"padbias_images must be a normalised tensor [N, C, H, W]; got {type(images).__name__}")
     size = tuple(images.shape[-2:])
-    shift = _check_max_shift(max_shift or default_max_shift(size), size, "shift_robust max_shift")
-    is_score = ctx.score_fn is not None
     # Views per forward pass: the sweeps' own default within --padbias-max-memory (refused
     # before any forward pass when one view does not fit; the search runs one at a time).
     batch = forward_batch_size(ctx.model, size, len(images) * GATE_GRID**2, gate_budget(ctx),
@@ -178,20 +169,56 @@ def run_shift_robust(ctx: GateContext, threshold: float, max_shift: int | None, 
         ctx.model, images, shift, fill=fill, score_fn=ctx.score_fn, max_examples=ctx.max_examples,
         derandomize=ctx.derandomize, seed=ctx.seed, image_order=order,
     )
+    return consistency, bmap, search
+
+
+def _grid_worst(bmap, is_score: bool) -> ShiftProbe:
+    """The grid shift with the largest drop, as a probe like the search's."""
     i, r, c = np.unravel_index(int(np.argmax(bmap.drop)), bmap.drop.shape)
     ref = float(bmap.ref_label[i])
-    grid_worst = ShiftProbe(
+    return ShiftProbe(
         int(i), bmap.grid_dy[r], bmap.grid_dx[c], float(bmap.drop[i, r, c]), bool(bmap.changed[i, r, c]),
         ref, ref - float(bmap.drop[i, r, c]) if is_score else float(bmap.label[i, r, c]),
     )
-    worst = max([p for p in (grid_worst, search.worst) if p is not None], key=lambda p: p.drop)
-    flip = search.smallest_flip
 
+
+def _worst_border_position(bmap) -> tuple[str, str]:
+    """``(position name, description)`` of the border position whose shift changes most
+    predictions (ties: the larger mean drop); the centre is not a border position."""
+    from .shifts import POSITIONS
+
+    rates = np.where(np.arange(9).reshape(3, 3) == 4, -1.0, bmap.change_rate)
+    pr, pc = np.unravel_index(int(np.argmax(rates + 1e-9 * bmap.prob_drop)), (3, 3))
+    text = f"{POSITIONS[pr][pc]} ({bmap.change_rate[pr, pc]:.0%} of predictions change, mean drop {bmap.prob_drop[pr, pc]:.3f})"
+    return POSITIONS[pr][pc], text
+
+
+def _label_namer(ctx: GateContext, is_score: bool):
+    """How a probe's before/after value reads: a score, a category name or a class index."""
     def name(v: float) -> str:
         if is_score:
             return f"score {v:.3f}"
         cats = ctx.categories or []
         return cats[int(v)] if 0 <= int(v) < len(cats) else f"class {int(v)}"
+
+    return name
+
+
+def run_shift_robust(ctx: GateContext, threshold: float, max_shift: int | None, fill: str) -> CheckResult:
+    """:func:`shift_robust_check` with validated arguments."""
+    from .shift_figures import shift_figures
+    from .shifts import _check_max_shift, default_max_shift
+
+    images = ctx.images
+    if not hasattr(images, "dim") or images.dim() != 4:
+        raise PadbiasError(f"padbias_images must be a normalised tensor [N, C, H, W]; got {type(images).__name__}")
+    size = tuple(images.shape[-2:])
+    shift = _check_max_shift(max_shift or default_max_shift(size), size, "shift_robust max_shift")
+    is_score = ctx.score_fn is not None
+    consistency, bmap, search = _measure_shifts(ctx, images, shift, fill)
+    worst = max([p for p in (_grid_worst(bmap, is_score), search.worst) if p is not None], key=lambda p: p.drop)
+    flip = search.smallest_flip
+    name = _label_namer(ctx, is_score)
 
     def probe_json(p):
         return None if p is None else {**p.to_json(), "before_label": name(p.before), "after_label": name(p.after)}
@@ -201,9 +228,7 @@ def run_shift_robust(ctx: GateContext, threshold: float, max_shift: int | None, 
 
     value, limit = consistency.value, threshold
     passed = value >= limit
-    rates = np.where(np.arange(9).reshape(3, 3) == 4, -1.0, bmap.change_rate)  # skip the centre
-    pr, pc = np.unravel_index(int(np.argmax(rates + 1e-9 * bmap.prob_drop)), (3, 3))
-    position = f"{POSITIONS[pr][pc]} ({bmap.change_rate[pr, pc]:.0%} of predictions change, mean drop {bmap.prob_drop[pr, pc]:.3f})"
+    worst_position, position = _worst_border_position(bmap)
     flip_text = f"smallest flipping shift {describe(flip)}" if flip else f"no flipping shift in {search.evaluated} searched shifts"
     details = {
         "consistency": round(value, 6),
@@ -214,7 +239,7 @@ def run_shift_robust(ctx: GateContext, threshold: float, max_shift: int | None, 
         "pairs": consistency.pairs,
         "per_image_consistency": consistency.per_image,
         "border_map": bmap.to_json(),
-        "worst_position": POSITIONS[pr][pc],
+        "worst_position": worst_position,
         "worst_shift": probe_json(worst),
         "smallest_flip": probe_json(flip),
         "search": {"evaluated": search.evaluated, "max_examples": ctx.max_examples, "seed": ctx.seed, "derandomize": ctx.derandomize},
