@@ -66,3 +66,37 @@ def item_gates(item) -> list[tuple[str, dict]]:
         for mark in item.iter_markers(name=marker_name):
             found.append((gate, mark))
     return found
+
+
+def run_gates(model, ctx, gates) -> tuple[list, list[str]]:
+    """Run ``gates`` (``[(gate, kwargs)]``) on ``model`` with ``ctx``: ``(outcomes, failures)``,
+    the :class:`~pytest_padbias.result.CheckResult` of every gate that could check the model
+    and one sentence per gate that failed or could not check it."""
+    from .model_checks import describe_failure, preflight, watch_inputs
+
+    outcomes, failures = [], []
+    # The gates judge the model in eval mode (dropout off, batch-norm running statistics);
+    # each module gets its own train/eval flag back afterwards.
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        for gate, kwargs in gates:
+            _arguments, check = gate_functions(gate)
+            seen = None
+            try:
+                preflight(gate, ctx)
+                with watch_inputs(model) as seen:
+                    outcome = check(ctx, **kwargs)
+            except PadbiasError as exc:
+                failures.append(f"@padbias.{gate} could not check this model: {exc}")
+                continue
+            except Exception as exc:  # the user's model or score function, or a bug of ours: told apart
+                failures.append(describe_failure(gate, exc, ctx.score_fn, seen))
+                continue
+            outcomes.append(outcome)
+            if not outcome.passed:
+                failures.append(f"@padbias.{gate} failed: {outcome.message or outcome.summary}")
+    finally:
+        for module, training in modes:
+            module.training = training
+    return outcomes, failures

@@ -315,34 +315,11 @@ def pytest_runtest_call(item):
         extras=({"mean": loaded.mean, "std": loaded.std} if loaded else {}) | {"analysis_cache": state.analysis},
         max_memory=_memory_budget(settings),
     )
-    from .gates import gate_functions
-    from .model_checks import describe_failure, preflight, watch_inputs
+    from .gates import run_gates
 
-    failures = []
-    # The gates judge the model in eval mode (dropout off, batch-norm running statistics);
-    # each module gets its own train/eval flag back afterwards.
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        for gate, kwargs in gates:
-            _arguments, check = gate_functions(gate)
-            seen = None
-            try:
-                preflight(gate, ctx)
-                with watch_inputs(model) as seen:
-                    outcome = check(ctx, **kwargs)
-            except PadbiasError as exc:
-                failures.append(f"@padbias.{gate} could not check this model: {exc}")
-                continue
-            except Exception as exc:  # the user's model or score function, or a bug of ours: told apart
-                failures.append(describe_failure(gate, exc, ctx.score_fn, seen))
-                continue
-            item.stash.setdefault(checks_key, []).append(outcome)
-            if not outcome.passed:
-                failures.append(f"@padbias.{gate} failed: {outcome.message or outcome.summary}")
-    finally:
-        for module, training in modes:
-            module.training = training
+    outcomes, failures = run_gates(model, ctx, gates)
+    if outcomes:
+        item.stash.setdefault(checks_key, []).extend(outcomes)
     if failures:
         pytest.fail("\n".join(failures), pytrace=False)
     return result
