@@ -61,6 +61,40 @@ def _line_rows(conv, size, axis):
     return line, near, far
 
 
+def _conv_inputs(model, convs: dict, images) -> dict:
+    """The input of each conv of ``convs`` (name -> module) in one forward pass of ``images``."""
+    import torch
+
+    inputs = {}
+    hooks = [conv.register_forward_pre_hook(lambda mod, a, _n=n: inputs.__setitem__(_n, a[0].detach()))
+             for n, conv in convs.items()]
+    try:
+        with torch.inference_mode():
+            model(images)
+    finally:
+        for h in hooks:
+            h.remove()
+    return inputs
+
+
+def _zero_line_outputs(conv, x) -> dict:
+    """Per border (T, B, L, R): ``conv``'s output row/column where it reads a line of zeros
+    set inside ``x`` as it reads its padding on that side (None where there is none)."""
+    import torch
+
+    lines = {}
+    with torch.inference_mode():
+        for axis, (near_b, far_b) in ((0, ("T", "B")), (1, ("L", "R"))):
+            line, near, far = _line_rows(conv, x.shape[2 + axis], axis)
+            z = x.clone()
+            (z[:, :, line, :] if axis == 0 else z[:, :, :, line]).zero_()
+            out = conv(z)
+            pick = (lambda o, i: o[:, :, i, 1:-1]) if axis == 0 else (lambda o, i: o[:, :, 1:-1, i])
+            lines[near_b] = pick(out, near) if near < out.shape[2 + axis] else None
+            lines[far_b] = pick(out, far) if far is not None and far < out.shape[2 + axis] else None
+    return lines
+
+
 def zero_line_probe(model, images, census, theta: float = 0.5, others_per_layer: int = 20, seed: int = 0) -> LineProbe:
     """How many PANs (and sampled other neurons) detect a zero line inside their input."""
     import torch
@@ -75,15 +109,7 @@ def zero_line_probe(model, images, census, theta: float = 0.5, others_per_layer:
     rng = np.random.default_rng(seed)
     layers = sorted({int(li) for li in census.layer_index[pan]})
     names = [census.layers[li].name for li in layers]
-    inputs: dict[str, torch.Tensor] = {}
-    hooks = [convs[n].register_forward_pre_hook(lambda mod, a, _n=n: inputs.__setitem__(_n, a[0].detach()))
-             for n in names]
-    try:
-        with torch.inference_mode():
-            model(images)
-    finally:
-        for h in hooks:
-            h.remove()
+    inputs = _conv_inputs(model, {n: convs[n] for n in names}, images)
     result = LineProbe(theta, 0, 0, 0, 0)
     for li, name in zip(layers, names):
         conv, x = convs[name], inputs[name]
@@ -94,17 +120,8 @@ def zero_line_probe(model, images, census, theta: float = 0.5, others_per_layer:
         other = [int(r) for r in rows if not pan[r]]
         other_rows = [int(r) for r in rng.choice(other, min(others_per_layer, len(other)), replace=False)] if other else []
         with torch.inference_mode():
-            base = conv(x)
-            lines = {}
-            for axis, (near_b, far_b) in ((0, ("T", "B")), (1, ("L", "R"))):
-                line, near, far = _line_rows(conv, x.shape[2 + axis], axis)
-                z = x.clone()
-                (z[:, :, line, :] if axis == 0 else z[:, :, :, line]).zero_()
-                out = conv(z)
-                pick = (lambda o, i: o[:, :, i, 1:-1]) if axis == 0 else (lambda o, i: o[:, :, 1:-1, i])
-                lines[near_b] = pick(out, near) if near < out.shape[2 + axis] else None
-                lines[far_b] = pick(out, far) if far is not None and far < out.shape[2 + axis] else None
-        centre = base[:, :, 1:-1, 1:-1]
+            centre = conv(x)[:, :, 1:-1, 1:-1]
+        lines = _zero_line_outputs(conv, x)
 
         def detects(row, borders):
             ch = int(census.channel[row])
