@@ -61,31 +61,35 @@ def no_blind_spot_check(ctx: GateContext, ratio=0.5, stride=None, stimulus=None,
     )
     if isinstance(mirror, DetectabilityMap):
         summary += f"; reflect padding {mirror.min_median_ratio:.2f}"
-    message = ""
-    if not passed:
-        worst = own.regions[0]
-        extra = f" and {len(own.regions) - 1} more region(s)" if len(own.regions) > 1 else ""
-        helps = isinstance(mirror, DetectabilityMap) and (
-            sum(r.cells for r in mirror.regions) < sum(r.cells for r in own.regions)
-            and mirror.min_median_ratio >= own.min_median_ratio
-        )
-        if isinstance(mirror, DetectabilityMap):
-            tried = f"with reflect padding the minimum is {mirror.min_median_ratio:.2f} of the median and {len(mirror.regions)} region(s) remain"
-        else:
-            tried = f"reflect padding could not be tried ({mirror})"
-        # Switching a zero-trained model to reflect at test time can make things worse;
-        # then only retraining with it is worth suggesting.
-        advice = (
-            "Switch the convolutions to padding_mode='reflect' (or 'replicate')" if helps
-            else "Retrain with padding_mode='reflect' or 'replicate' (switching this model's padding at test time does not help)"
-        )
-        message = (
-            f"blind spot: the {own.stimulus_size[0]}x{own.stimulus_size[1]} stimulus ({what}) is detected at "
-            f"{worst.min_ratio:.2f} of its median score when it lies in {worst.describe()}{extra}; {tried}. "
-            f"{advice}{_even_size_hint(ctx.model, ctx.input_size)}."
-        )
+    message = "" if passed else _blind_spot_message(ctx, own, mirror, what)
     return CheckResult(
         check="no_blind_spot", passed=passed, value=own.min_median_ratio, limit=args["ratio"],
         details=details, summary=summary, message=message,
         figures=[detectability_figure([own, mirror], title=f"Stimulus detectability ({what}): own padding vs reflect")],
+    )
+
+
+def _blind_spot_message(ctx: GateContext, own, mirror, what: str) -> str:
+    """The failure's sentence: the worst region, what reflect padding did (``mirror``: its
+    map, or the error it raised) and the advice that follows from it."""
+    worst = own.regions[0]
+    extra = f" and {len(own.regions) - 1} more region(s)" if len(own.regions) > 1 else ""
+    helps = isinstance(mirror, DetectabilityMap) and (
+        sum(r.cells for r in mirror.regions) < sum(r.cells for r in own.regions)
+        and mirror.min_median_ratio >= own.min_median_ratio
+    )
+    if isinstance(mirror, DetectabilityMap):
+        tried = f"with reflect padding the minimum is {mirror.min_median_ratio:.2f} of the median and {len(mirror.regions)} region(s) remain"
+    else:
+        tried = f"reflect padding could not be tried ({mirror})"
+    # Switching a zero-trained model to reflect at test time can make things worse;
+    # then only retraining with it is worth suggesting.
+    advice = (
+        "Switch the convolutions to padding_mode='reflect' (or 'replicate')" if helps
+        else "Retrain with padding_mode='reflect' or 'replicate' (switching this model's padding at test time does not help)"
+    )
+    return (
+        f"blind spot: the {own.stimulus_size[0]}x{own.stimulus_size[1]} stimulus ({what}) is detected at "
+        f"{worst.min_ratio:.2f} of its median score when it lies in {worst.describe()}{extra}; {tried}. "
+        f"{advice}{_even_size_hint(ctx.model, ctx.input_size)}."
     )
