@@ -88,30 +88,43 @@ def search_flipping_shift(
     )
 
 
+class _ShiftProber:
+    """``prober(i, dy, dx)``: the :class:`ShiftProbe` of image ``i`` shifted by ``(dy, dx)``
+    against its centred view, each evaluated once (hypothesis replays examples)."""
+
+    def __init__(self, model, images, fill, score_fn):
+        self.model, self.images, self.fill, self.score_fn = model, images, fill, score_fn
+        self.centred: dict[int, Any] = {}
+        self.probes: dict[tuple[int, int, int], ShiftProbe] = {}
+
+    def __call__(self, i: int, dy: int, dx: int) -> ShiftProbe:
+        from .shifts import _forward, _judge, shifted_views
+
+        key = (i, dy, dx)
+        if key in self.probes:
+            return self.probes[key]
+        is_score = self.score_fn is not None
+        if i not in self.centred:
+            self.centred[i] = _forward(self.model, self.score_fn, self.images[i : i + 1])
+        ref = self.centred[i]
+        out = _forward(self.model, self.score_fn, shifted_views(self.images, [(dy, dx)], self.fill, index=[i]))
+        label, changed, drop = _judge(out, ref, is_score)
+        before = ref[0] if is_score else ref.argmax(dim=1)[0]
+        after = out[0] if is_score else label[0]
+        self.probes[key] = ShiftProbe(i, dy, dx, float(drop[0]), bool(changed[0]), float(before), float(after))
+        return self.probes[key]
+
+
 def _search(model, images, max_shift, fill, score_fn, max_examples, derandomize, seed, image_order):
     from hypothesis import HealthCheck, Phase, Verbosity, given, settings, target
     from hypothesis import seed as hypothesis_seed
     from hypothesis import strategies as st
 
-    from .shifts import _forward, _judge, shifted_views
     from .strategies import shifts
 
     order = list(range(images.shape[0])) if image_order is None else [int(i) for i in image_order]
-    is_score = score_fn is not None
-    centred: dict[int, Any] = {}
-    probes: dict[tuple[int, int, int], ShiftProbe] = {}
-
-    def probe(i: int, dy: int, dx: int) -> ShiftProbe:
-        key = (i, dy, dx)
-        if key not in probes:
-            if i not in centred:
-                centred[i] = _forward(model, score_fn, images[i : i + 1])
-            out = _forward(model, score_fn, shifted_views(images, [(dy, dx)], fill, index=[i]))
-            label, changed, drop = _judge(out, centred[i], is_score)
-            before = centred[i][0] if is_score else centred[i].argmax(dim=1)[0]
-            after = out[0] if is_score else label[0]
-            probes[key] = ShiftProbe(i, dy, dx, float(drop[0]), bool(changed[0]), float(before), float(after))
-        return probes[key]
+    probe = _ShiftProber(model, images, fill, score_fn)
+    probes = probe.probes
 
     class Flipped(Exception):
         pass
