@@ -80,6 +80,31 @@ class BorderShiftMap:
         }
 
 
+def _check_protocol(fill, fraction, content_scale, grid) -> None:
+    """A usage error naming the first of :func:`border_shift_map`'s arguments that is not accepted."""
+    _check_fill(fill)
+    if not isinstance(fraction, numbers.Real) or not 0 < fraction <= 1:
+        raise PadbiasError(f"fraction={fraction!r} is not accepted; give the share of the free margin in (0, 1]")
+    if not isinstance(content_scale, numbers.Real) or not 0 < content_scale <= 1:
+        raise PadbiasError(f"content_scale={content_scale!r} is not accepted; give the content's size relative to the view in (0, 1]")
+    if not _is_whole(grid) or grid < 3 or grid % 2 == 0:
+        raise PadbiasError(f"grid={grid!r} is not accepted; give an odd whole number of at least 3")
+
+
+def _displacement_grid(view, content, grid, fraction, max_shift, content_scale):
+    """``(grid_dy, grid_dx)``: ``grid`` displacements per axis from -reach to +reach times
+    ``fraction``, where the reach is ``max_shift`` or else the content's free half margin."""
+    (h, w), (hc, wc) = view, content
+    if max_shift is not None:
+        reach = (_check_max_shift(max_shift, (h, w)),) * 2
+    else:
+        reach = ((h - hc) // 2, (w - wc) // 2)
+        if min(reach) < 1:
+            raise PadbiasError(f"content_scale={content_scale} leaves no free margin on {h}x{w} views; give a smaller content_scale or a max_shift")
+    steps = np.linspace(-1.0, 1.0, grid)
+    return ([int(round(s * fraction * reach[0])) for s in steps], [int(round(s * fraction * reach[1])) for s in steps])
+
+
 def border_shift_map(
     model,
     photos_or_images,
@@ -108,28 +133,14 @@ def border_shift_map(
     """
     import torch.nn.functional as F
 
-    _check_fill(fill)
-    if not isinstance(fraction, numbers.Real) or not 0 < fraction <= 1:
-        raise PadbiasError(f"fraction={fraction!r} is not accepted; give the share of the free margin in (0, 1]")
-    if not isinstance(content_scale, numbers.Real) or not 0 < content_scale <= 1:
-        raise PadbiasError(f"content_scale={content_scale!r} is not accepted; give the content's size relative to the view in (0, 1]")
-    if not _is_whole(grid) or grid < 3 or grid % 2 == 0:
-        raise PadbiasError(f"grid={grid!r} is not accepted; give an odd whole number of at least 3")
+    _check_protocol(fill, fraction, content_scale, grid)
     canvas = _as_source(photos_or_images, view_size, mean, std)
     n, _, h, w = canvas.shape
     if labels is not None and (score_fn is not None or len(labels) != n):
         raise PadbiasError(f"labels need a classifier and one class per image ({n}); got {len(labels)} labels" + (" with a score function" if score_fn else ""))
     hc, wc = max(1, round(h * content_scale)), max(1, round(w * content_scale))
     content = canvas if (hc, wc) == (h, w) else F.interpolate(canvas, size=(hc, wc), mode="bilinear", antialias=True, align_corners=False)
-    if max_shift is not None:
-        reach = (_check_max_shift(max_shift, (h, w)),) * 2
-    else:
-        reach = ((h - hc) // 2, (w - wc) // 2)
-        if min(reach) < 1:
-            raise PadbiasError(f"content_scale={content_scale} leaves no free margin on {h}x{w} views; give a smaller content_scale or a max_shift")
-    steps = np.linspace(-1.0, 1.0, grid)
-    grid_dy = [int(round(s * fraction * reach[0])) for s in steps]
-    grid_dx = [int(round(s * fraction * reach[1])) for s in steps]
+    grid_dy, grid_dx = _displacement_grid((h, w), (hc, wc), grid, fraction, max_shift, content_scale)
     top, left = (h - hc) // 2, (w - wc) // 2
     cells = [(top + dy, left + dx) for dy in grid_dy for dx in grid_dx]
     index = np.repeat(np.arange(n), len(cells))
