@@ -149,7 +149,7 @@ def summarise(times, clock: str, n_images: int) -> None:
 
 def analyses(model, loaded, size, figures: Path | None):
     from pytest_padbias.artifacts import kernel_skew, kernel_skew_figure, line_artifact_figure, line_artifacts, skew_summary
-    from pytest_padbias.blindspots import detectability_figure
+    from pytest_padbias.blindspot_figures import detectability_figure
 
     print("\nDetectability of the default stimulus (min/median; regions below 0.5 x median):")
     maps = mitigation_maps(model, size, categories=loaded.categories)

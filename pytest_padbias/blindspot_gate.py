@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .blindspots import (DetectabilityMap, _model_device_dtype, default_batch_size, detectability_figure,
-                         detectability_map, no_blind_spot_arguments)
+from .blindspot_figures import detectability_figure
+from .blindspots import DetectabilityMap, _model_device_dtype, default_batch_size, detectability_map, no_blind_spot_arguments
 from .result import CheckResult, GateContext, PadbiasError
 
 

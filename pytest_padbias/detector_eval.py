@@ -179,7 +179,7 @@ class LocationMap:
 
     def as_detectability_map(self, ratio: float = 0.5, min_area: int = 1):
         """The mean-score map as a :class:`~pytest_padbias.blindspots.DetectabilityMap`
-        (with its blind-spot regions), for :func:`~pytest_padbias.blindspots.detectability_figure`."""
+        (with its blind-spot regions), for :func:`~pytest_padbias.blindspot_figures.detectability_figure`."""
         from .blindspots import DetectabilityMap, find_blind_spots
 
         stride = int(self.tops[1] - self.tops[0]) if len(self.tops) > 1 else 1

@@ -233,7 +233,8 @@ def test_stimulus_detectability_varies_with_location(padbias_model, padbias_inpu
     it can fall to a blind spot (slides, 'blind spots'; report's SSD section)."""
     import pytest
 
-    from pytest_padbias.blindspots import detectability_figure, detectability_map
+    from pytest_padbias.blindspot_figures import detectability_figure
+    from pytest_padbias.blindspots import detectability_map
 
     if padbias_settings.weights == "none":
         pytest.skip("detectability needs a trained model (--padbias-weights is none)")

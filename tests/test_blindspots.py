@@ -18,8 +18,8 @@ import skimage.data  # noqa: F401
 import torchvision  # noqa: F401
 import pytest_padbias.models  # noqa: F401
 from pytest_padbias.blindspot_gate import _even_size_hint, no_blind_spot_check
+from pytest_padbias.blindspot_figures import detectability_figure
 from pytest_padbias.blindspots import (
-    detectability_figure,
     detectability_map,
     find_blind_spots,
     mitigation_maps,
