@@ -64,16 +64,22 @@ def t_interval(values, level: float = LEVEL) -> tuple[float, float, float, int]:
     """``(mean, low, high, n)``: the two-sided Student-t interval of the mean of ``values``
     (independent units). With fewer than two values, or no spread and n < 2, the interval is
     unbounded; with zero spread it is the point itself."""
-    from scipy.stats import t
-
     xs = [float(v) for v in values]
     n = len(xs)
     if n == 0:
         return math.nan, -math.inf, math.inf, 0
     mean = sum(xs) / n
+    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1)) if n > 1 else math.nan
+    return t_interval_of_moments(mean, sd, n, level)
+
+
+def t_interval_of_moments(mean: float, sd: float, n: int, level: float = LEVEL) -> tuple[float, float, float, int]:
+    """:func:`t_interval` from a sample's mean, sd and n alone (for sets known only by the
+    figures a run printed)."""
+    from scipy.stats import t
+
     if n < 2:
         return mean, -math.inf, math.inf, n
-    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
     half = float(t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
     return mean, mean - half, mean + half, n
 
@@ -81,9 +87,20 @@ def t_interval(values, level: float = LEVEL) -> tuple[float, float, float, int]:
 def decide_directional(effects, *, claimed: float | None = None, minimal: float | None = None,
                        level: float = LEVEL, what: str = "paired differences") -> Decision:
     """Verdict on "the effect is positive" (about ``claimed`` when the paper gives a size)."""
+    return _directional(t_interval(effects, level), claimed, minimal, level, what)
+
+
+def decide_directional_of_moments(mean: float, sd: float, n: int, *, claimed: float | None = None,
+                                  minimal: float | None = None, level: float = LEVEL,
+                                  what: str = "paired differences") -> Decision:
+    """:func:`decide_directional` from the effects' mean, sd and n alone."""
+    return _directional(t_interval_of_moments(mean, sd, n, level), claimed, minimal, level, what)
+
+
+def _directional(interval, claimed, minimal, level, what) -> Decision:
     if minimal is None:
         minimal = claimed / 2 if claimed else 0.0
-    mean, low, high, n = t_interval(effects, level)
+    mean, low, high, n = interval
     if low > 0:
         verdict = REPRODUCED
     elif high < minimal:

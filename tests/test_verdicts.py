@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 from scipy import stats
 
 from pytest_padbias.result import CheckResult
 from pytest_padbias import verdicts
-from pytest_padbias.verdicts import (CONTRADICTED, NOT_RESOLVED, NOT_RUN, REPRODUCED, decide_directional, decide_null,
-                                     needed_n, record_verdict, t_interval)
+from pytest_padbias.verdicts import (CONTRADICTED, NOT_RESOLVED, NOT_RUN, REPRODUCED, decide_directional, decide_directional_of_moments,
+                                     decide_null, needed_n, record_verdict, t_interval)
 
 
 def test_the_interval_is_scipys_student_t_interval():
@@ -18,6 +19,16 @@ def test_the_interval_is_scipys_student_t_interval():
     want = stats.t.interval(0.95, len(xs) - 1, loc=stats.tmean(xs), scale=stats.sem(xs))
     assert n == 6 and mean == pytest.approx(sum(xs) / 6)
     assert (low, high) == pytest.approx(want)
+
+
+def test_a_decision_from_the_moments_equals_the_one_from_the_effects():
+    effects = [0.05, -0.05, 0.1, -0.1, 0.0, 0.02]
+    mean, sd = statistics.fmean(effects), statistics.stdev(effects)
+    got, want = decide_directional_of_moments(mean, sd, len(effects), claimed=0.8), decide_directional(effects, claimed=0.8)
+    assert (got.verdict, got.test, got.rule, got.n) == (want.verdict, want.test, want.rule, want.n) == (
+        CONTRADICTED, want.test, want.rule, 6)
+    assert (got.estimate, got.low, got.high) == pytest.approx((want.estimate, want.low, want.high))
+    assert decide_directional_of_moments(mean, sd, 1, claimed=0.8).verdict == NOT_RESOLVED
 
 
 def test_one_unit_leaves_the_interval_unbounded():
